@@ -1,0 +1,62 @@
+"""Model registry: the one place where a config's `name` becomes a Flax module.
+
+Every model config is a flat ConfigDict `{name: <registry key>, **module fields}`; `build` passes the fields
+to the module's constructor unchanged, so a config reads like the module's signature. Modules are imported
+lazily (no import-side-effect registration).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# registry key -> (module path, class name)
+_REGISTRY = {
+    "ncsnpp_encoder": ("lzn_jax.models.ncsnpp", "NCSNPPEncoder"),
+    "ncsnpp_decoder": ("lzn_jax.models.ncsnpp", "NCSNPPDecoder"),
+    "resnet": ("lzn_jax.models.resnet", "ResNetEncoder"),
+    "label_anchors": ("lzn_jax.models.label_anchors", "LabelAnchors"),
+}
+
+_DTYPE_FIELDS = ("dtype", "param_dtype")
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    if name not in _REGISTRY:
+        hint = difflib.get_close_matches(name, _REGISTRY, n=1)
+        raise ValueError(
+            f"Unknown model name {name!r}. Valid names: {names()}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    module_path, class_name = _REGISTRY[name]
+    return getattr(importlib.import_module(module_path), class_name)
+
+
+def build(cfg: Mapping[str, Any]) -> nn.Module:
+    """Builds the Flax module named by `cfg['name']` from the remaining fields of `cfg`."""
+    fields = dict(cfg)
+    if "name" not in fields:
+        raise ValueError(f"A model config needs a 'name' field (one of {names()}); got keys {sorted(fields)}.")
+    cls = model_class(fields.pop("name"))
+    valid = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+    unknown = sorted(set(fields) - valid)
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        detail = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise ValueError(f"{cls.__name__} has no field(s) {detail}. Valid fields: {sorted(valid)}.")
+    for key in _DTYPE_FIELDS:
+        if isinstance(fields.get(key), str):
+            fields[key] = jnp.dtype(fields[key])
+    for key, value in fields.items():
+        if isinstance(value, list):  # ConfigDict round-trips tuples as lists; modules want hashables.
+            fields[key] = tuple(value)
+    return cls(**fields)

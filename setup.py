@@ -1,0 +1,40 @@
+"""lzn_jax: Latent Zoning Networks (Lin et al., NeurIPS 2025) in JAX/Flax."""
+
+import setuptools
+
+RUNTIME = [
+    "jax>=0.7.1",
+    "flax>=0.11",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "tensorflow-cpu>=2.16",  # tf.data input pipelines under tensorflow-datasets
+    "tensorflow-datasets>=4.9.6",
+    "ml_collections>=1.0",
+    "clu==0.0.12",
+    "chex>=0.1.89",
+    "diffrax>=0.6",  # adaptive Dopri5 (RK45) sampling on device, as the official RK45 sampler
+    "absl-py",
+    "numpy>=1.26",
+    "scipy>=1.11",  # float64 matrix square root for the Frechet distance
+    "scikit-learn>=1.3",  # bundled `digits` data: the CPU default that needs no download
+    "pillow>=10",  # PNG sample grids and clean-fid style resizing
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "hypothesis>=6.100"],
+    # Reading official PyTorch `.pt` checkpoints in `python -m lzn_jax.convert`.
+    "torch": ["torch>=2.2"],
+}
+
+setuptools.setup(
+    name="lzn_jax",
+    version="0.1.0",
+    description="Latent Zoning Networks in JAX/Flax: one latent space for generation, representation and classification.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["lzn_jax", "lzn_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    license="MIT",
+)
