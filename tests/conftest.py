@@ -1,0 +1,38 @@
+"""Shared test fixtures: where the golden reference vectors live."""
+
+import glob
+import os
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_BUNDLED = REPO_ROOT / "tests" / "reference_data"  # a copy of seed 0, for clones without ../shared
+
+
+def reference_dir() -> pathlib.Path:
+    """`$LZN_REFERENCE_DIR`, else `../shared/reference` beside the checkout, else the bundled copy."""
+    env = os.environ.get("LZN_REFERENCE_DIR")
+    if env:
+        path = pathlib.Path(env)
+        if not path.is_dir():
+            raise FileNotFoundError(f"LZN_REFERENCE_DIR={env!r} is not a directory.")
+        return path
+    shared = REPO_ROOT.parent / "shared" / "reference"
+    return shared if shared.is_dir() else _BUNDLED
+
+
+def reference_files(pattern: str) -> list[str]:
+    """Every file matching `pattern` (e.g. 'latent_flows_*.npz') in the reference dir; fails if there is none."""
+    files = sorted(glob.glob(str(reference_dir() / pattern)))
+    if not files:
+        raise FileNotFoundError(f"No {pattern} in {reference_dir()}: the reference tests would check nothing.")
+    return files
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrises `latent_flows_file` / `ncsnpp_small_file` arguments over every matching reference file."""
+    for arg, pattern in (("latent_flows_file", "latent_flows_*.npz"), ("ncsnpp_small_file", "ncsnpp_small_*.npz")):
+        if arg in metafunc.fixturenames:
+            files = reference_files(pattern)
+            metafunc.parametrize(arg, files, ids=[os.path.basename(f) for f in files])
