@@ -1,0 +1,649 @@
+"""The latent zoning kernel: closed-form flow matching between a mixture of anchors and N(0, I).
+
+A batch of anchors `a_1..a_N` (the encoder outputs) defines a mixture of Diracs; the rectified-flow ODE between
+that mixture and the standard Gaussian has a closed-form velocity. At time t (t = 0: an anchor, t = 1: noise),
+
+    w_j(x, t) ∝ weight_j · exp(-||x - (1 - t) a_j||² / (2 t²)),        v(x, t) = (x - Σ_j w_j a_j) / t,
+
+which is attention with queries `x` and keys/values `a`. `latents` integrates from t≈0 to 1 (anchor → its latent
+zone); `assign` integrates back from t = 1 and reports, per step, the log assignment probabilities
+`log w_j(x, t)`: how firmly a latent sits in anchor j's zone.
+
+The solvers reproduce the official `EulerLatentFlow` and `DPMSolverLatentFlow` (multistep, order 3,
+time-uniform, lower-order final steps, eps_start = eps_end = 1e-3) step for step; docs/zoning.md has the maths
+of what follows.
+
+- No [B, N, D] tensor: the logits come from one matmul, `(1-t)/t²·x·a_j − (1-t)²/(2t²)·||a_j||² + log weight_j`
+  (the per-row ||x||² term cancels in the softmax), computed around the anchors' mean.
+- `_attend` is a custom-VJP "flash attention": anchors in tiles with an online log-sum-exp, the backward
+  recomputing each tile, and every ODE step rematerialised, so memory is O(steps·B·D + B·block).
+- Float32 accuracy. Near t = 0 the weights are one-hot and the velocity divides by t ≈ 1e-4, so the posterior
+  mean is returned as `dominant anchor + Σ_{j≠dominant} w_j (a_j − a_dominant)` (exact zero remainder when
+  one-hot), and the forward flow integrates the noise coordinate z = (x − (1−t)·point)/t instead of x. z starts
+  at the prior itself rather than at a point that float32 cannot tell from the anchor, and the Euler and DPM
+  updates are rewritten for z exactly (same iterates in exact arithmetic).
+- Matmuls run at `Precision.HIGHEST`: the 1/t² scale would turn TPU's default bf16 passes into noise.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SOLVERS = ("euler", "dpm_solver++")
+EULER_EPS = 1e-4  # official EulerLatentFlow: forward flow starts at t = eps
+DPM_EPS = 1e-3  # official DPMSolverLatentFlow: eps_start = eps_end
+DPM_ORDER = 3
+DENSE_MAX_ANCHORS = 4096  # above this many anchors the default is the blocked path
+DEFAULT_BLOCK_SIZE = 1024
+_PRECISION = lax.Precision.HIGHEST
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The attention primitive.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _scores(q, keys, log_w, t):
+    """Logits up to a per-row constant. q [B, D], keys [n, D] (centred anchors), log_w [n], t scalar -> [B, n]."""
+    alpha = 1.0 - t
+    beta = 1.0 / (t * t)
+    qk = jnp.matmul(q, keys.T, precision=_PRECISION)
+    k_sq = jnp.sum(keys * keys, axis=-1)
+    return (beta * alpha) * qk - (0.5 * beta * alpha * alpha) * k_sq + log_w
+
+
+def _finite_or_zero(m):
+    # A row whose running max is still -inf (all anchors so far have weight 0) must not produce inf - inf.
+    return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+
+
+def _tiles(a, log_w, block_size):
+    """Pads anchors to whole tiles (padding has weight 0): a [nb, bs, D], log_w [nb, bs], first index [nb]."""
+    n, d = a.shape
+    num_blocks = -(-n // block_size)
+    pad = num_blocks * block_size - n
+    if pad:
+        a = jnp.concatenate([a, jnp.zeros((pad, d), a.dtype)])
+        log_w = jnp.concatenate([log_w, jnp.full((pad,), -jnp.inf, log_w.dtype)])
+    starts = jnp.arange(num_blocks, dtype=jnp.int32) * block_size
+    return a.reshape(num_blocks, block_size, d), log_w.reshape(num_blocks, block_size), starts
+
+
+def _pick(s, local_index):
+    """s[i, local_index[i]] where that index lies in this tile: [B, bs], [B] -> (values [B], inside [B])."""
+    inside = (local_index >= 0) & (local_index < s.shape[1])
+    picked = jnp.take_along_axis(s, jnp.clip(local_index, 0, s.shape[1] - 1)[:, None], axis=1)[:, 0]
+    return jnp.where(inside, picked, jnp.zeros_like(picked)), inside
+
+
+def _rest(p, a_t, dominant_vec, drop):
+    """Σ_j p_j (a_j − a_dominant) over one tile, leaving out column `drop` (the dominant anchor) where valid."""
+    p = jnp.where(jnp.arange(p.shape[1])[None, :] == drop[:, None], jnp.zeros_like(p), p)
+    return jnp.matmul(p, a_t, precision=_PRECISION) - jnp.sum(p, axis=-1, keepdims=True) * dominant_vec
+
+
+def _attend_forward(q, a, center, log_w, t, targets, block_size):
+    b, d = q.shape
+    if a.shape[0] <= block_size:  # dense: one tile, no loop
+        s = _scores(q, a - center, log_w, t)
+        dominant = jnp.argmax(s, axis=-1).astype(jnp.int32)
+        m = _finite_or_zero(jnp.max(s, axis=-1))
+        p = jnp.exp(s - m[:, None])
+        total = jnp.sum(p, axis=-1)
+        rest = _rest(p, a, a[dominant], dominant) / total[:, None]
+        return rest, m + jnp.log(total), _pick(s, targets)[0], dominant
+
+    def body(carry, tile):
+        m, total, acc, dominant, dominant_vec, s_target = carry
+        a_t, lw_t, start = tile
+        s = _scores(q, a_t - center, lw_t, t)
+        tile_arg = jnp.argmax(s, axis=-1).astype(jnp.int32)
+        tile_max = jnp.max(s, axis=-1)
+        takes_over = tile_max > m
+        new_vec = jnp.where(takes_over[:, None], a_t[tile_arg], dominant_vec)
+        m_safe = _finite_or_zero(jnp.maximum(m, tile_max))
+        rescale = jnp.exp(m - m_safe)
+        p = jnp.exp(s - m_safe[:, None])
+        # Re-base what was accumulated relative to the old dominant anchor onto the new one.
+        acc = (acc + total[:, None] * (dominant_vec - new_vec)) * rescale[:, None]
+        acc = acc + _rest(p, a_t, new_vec, jnp.where(takes_over, tile_arg, -1))
+        total = total * rescale + jnp.sum(p, axis=-1)
+        dominant = jnp.where(takes_over, start + tile_arg, dominant)
+        picked, inside = _pick(s, targets - start)
+        carry = (jnp.maximum(m, tile_max), total, acc, dominant, new_vec, jnp.where(inside, picked, s_target))
+        return carry, None
+
+    zeros = jnp.zeros((b,), q.dtype)
+    init = (jnp.full((b,), -jnp.inf, q.dtype), zeros, jnp.zeros((b, d), q.dtype), jnp.zeros((b,), jnp.int32),
+            jnp.zeros((b, d), q.dtype), zeros)  # fmt: skip
+    (m, total, acc, dominant, _, s_target), _ = lax.scan(body, init, _tiles(a, log_w, block_size))
+    return acc / total[:, None], _finite_or_zero(m) + jnp.log(total), s_target, dominant
+
+
+def _tile_probs(q, a_t, center, lw_t, t, lse, d_out):
+    """Recomputed probabilities [B, bs] and their cotangent d_out·a_j [B, bs] of one anchor tile."""
+    p = jnp.exp(_scores(q, a_t - center, lw_t, t) - lse[:, None])
+    return p, jnp.matmul(d_out, a_t.T, precision=_PRECISION)
+
+
+def _tile_grads(q, a_t, center, lw_t, t, lse, d_out, d_lse, delta):
+    """Gradients of one anchor tile, flash-attention style. Returns (dq part [B, D], da [bs, D], dlw [bs]).
+
+    `delta` must be Σ_j P_ij (d_out_i·a_j) summed from the same recomputed P and d_out·a_j as here (not
+    d_out·out): near a one-hot P the logit gradient P·(d_out·a_j − delta) is a difference of nearly equal
+    numbers, later scaled by 1/t² (10⁶ at t = 1e-3), and only this form makes it vanish exactly.
+    """
+    alpha = 1.0 - t
+    beta = 1.0 / (t * t)
+    keys = a_t - center
+    p, d_p = _tile_probs(q, a_t, center, lw_t, t, lse, d_out)
+    d_s = p * (d_p - delta[:, None] + d_lse[:, None])
+    col = jnp.sum(d_s, axis=0)
+    d_q = (beta * alpha) * jnp.matmul(d_s, keys, precision=_PRECISION)
+    d_a = (
+        jnp.matmul(p.T, d_out, precision=_PRECISION)
+        + (beta * alpha) * jnp.matmul(d_s.T, q, precision=_PRECISION)
+        - (beta * alpha * alpha) * col[:, None] * keys
+    )
+    return d_q, d_a, col
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attend(q, a, center, log_w, t, targets, block_size):
+    """Posterior of the anchors at one point of the flow, tiled over anchors.
+
+    Args:
+      q: [B, D] queries in centred coordinates (x − (1−t)·center). a: [N, D] anchors. center: [D] constant the
+        logits are centred on. log_w: [N] log anchor weights (-inf for weight 0). t: scalar time in (0, 1].
+        targets: [B] int anchor index per row. block_size: anchors per tile (static).
+    Returns:
+      rest [B, D] = Σ_j w_ij (a_j − a_dominant_i)  (so the posterior mean is a[dominant] + rest),
+      lse [B] = log Σ_j exp(s_ij), s_target [B] = s_{i, targets_i}, dominant [B] = argmax_j s_ij (int32).
+      s comes from `_scores`; s_target is taken from the same arithmetic as lse, so log w = s_target − lse is
+      exact to rounding (a recomputed logit would differ by the matmul's rounding, scaled by 1/t²).
+    """
+    return _attend_forward(q, a, center, log_w, t, targets, block_size)
+
+
+def _attend_fwd(q, a, center, log_w, t, targets, block_size):
+    outputs = _attend_forward(q, a, center, log_w, t, targets, block_size)
+    lse, dominant = outputs[1], outputs[3]
+    return outputs, (q, a, center, log_w, t, targets, lse, dominant)
+
+
+def _attend_bwd(block_size, residuals, cotangents):
+    q, a, center, log_w, t, targets, lse, dominant = residuals
+    d_rest, d_lse, d_target, _ = cotangents
+    n = a.shape[0]
+    if n <= block_size:
+        p, d_p = _tile_probs(q, a, center, log_w, t, lse, d_rest)
+        delta = jnp.sum(p * d_p, axis=-1)
+        d_q, d_a, d_lw = _tile_grads(q, a, center, log_w, t, lse, d_rest, d_lse, delta)
+    else:
+        a_tiles, lw_tiles, _ = _tiles(a, log_w, block_size)
+
+        def delta_body(delta, tile):
+            p, d_p = _tile_probs(q, tile[0], center, tile[1], t, lse, d_rest)
+            return delta + jnp.sum(p * d_p, axis=-1), None
+
+        # An extra pass over the tiles for `delta` (see _tile_grads): accuracy near one-hot probabilities is
+        # worth two more matmuls per tile in the backward.
+        delta, _ = lax.scan(delta_body, jnp.zeros_like(lse), (a_tiles, lw_tiles))
+
+        def grad_body(d_q, tile):
+            dq_t, da_t, dlw_t = _tile_grads(q, tile[0], center, tile[1], t, lse, d_rest, d_lse, delta)
+            return d_q + dq_t, (da_t, dlw_t)
+
+        d_q, (d_a, d_lw) = lax.scan(grad_body, jnp.zeros_like(q), (a_tiles, lw_tiles))
+        d_a = d_a.reshape(-1, a.shape[1])[:n]
+        d_lw = d_lw.reshape(-1)[:n]
+    # rest = posterior mean − a[dominant]: the mean's gradient (above) minus a scatter into the dominant rows.
+    # The target logits are s_{i,T_i}: a one-hot logit cotangent, applied by gather/scatter.
+    alpha = 1.0 - t
+    beta = 1.0 / (t * t)
+    keys_t = a[targets] - center
+    d_q = d_q + (beta * alpha) * d_target[:, None] * keys_t
+    d_a = d_a.at[dominant].add(-d_rest)
+    d_a = d_a.at[targets].add((beta * alpha) * d_target[:, None] * (q - alpha * keys_t))
+    d_lw = d_lw.at[targets].add(d_target)
+    return d_q, d_a, None, d_lw, None, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Zones: the mixture a flow is taken against, and one evaluation of its posterior.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Zones(NamedTuple):
+    anchors: jax.Array  # [N, D]
+    center: jax.Array  # [D] constant the logits are centred on
+    log_w: jax.Array  # [N]
+    block_size: int
+
+
+class _Posterior(NamedTuple):
+    dominant: jax.Array  # [B, D] the most probable anchor a_k
+    rest: jax.Array  # [B, D] Σ_j w_j (a_j − a_k): posterior mean = dominant + rest
+    lse: jax.Array  # [B]
+    s_target: jax.Array  # [B]
+
+
+def _make_zones(anchors, weights, block_size) -> _Zones:
+    # Logits are computed around the anchors' mean: the flow is translation-equivariant (x − (1−t)a is unchanged
+    # when a shifts by c and x by (1−t)c), so the centre may be a constant (stop_gradient keeps derivatives
+    # exact), and the matmul's cancellation error scales with the anchors' spread rather than their offset.
+    center = lax.stop_gradient(jnp.mean(anchors, axis=0))
+    if weights is None:
+        log_w = jnp.zeros(anchors.shape[:1], anchors.dtype)
+    else:
+        positive = weights > 0
+        # Double `where` keeps the gradient finite for weight-0 anchors (their probability is exactly 0).
+        log_w = jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), -jnp.inf).astype(anchors.dtype)
+    return _Zones(anchors, center, log_w, block_size)
+
+
+def _query(zones: _Zones, x, t):
+    return x - (1.0 - t) * zones.center
+
+
+def _evaluate(zones: _Zones, x, t, targets) -> _Posterior:
+    rest, lse, s_target, dominant = _attend(
+        _query(zones, x, t), zones.anchors, zones.center, zones.log_w, t, targets, zones.block_size
+    )
+    return _Posterior(zones.anchors[dominant], rest, lse, s_target)
+
+
+def _log_probs_all(zones: _Zones, x, t, lse):
+    """log w_ij for every anchor: [B, N]."""
+    return _scores(_query(zones, x, t), zones.anchors - zones.center, zones.log_w, t) - lse[:, None]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Time grids and solver coefficients (static numpy, float64).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _euler_forward_times(num_steps):
+    """t_0..t_S (S + 1 points, from eps to 1) and the step size."""
+    step = (1.0 - EULER_EPS) / num_steps
+    return EULER_EPS + step * np.arange(num_steps + 1), step
+
+
+def _euler_reverse_times(num_steps):
+    step = 1.0 / num_steps
+    return 1.0 - step * np.arange(num_steps + 1), step
+
+
+class _DpmPlan(NamedTuple):
+    """Times t_0..t_S and per-update coefficients [S] of multistep DPM-Solver++ (update k goes t_{k-1} → t_k)."""
+
+    times: np.ndarray
+    ratio: np.ndarray  # t_k / t_{k-1} (sigma ratio)
+    c_m0: np.ndarray  # coefficient of the newest data prediction
+    inv_r0: np.ndarray
+    inv_r1: np.ndarray
+    mix: np.ndarray  # r0 / (r0 + r1)
+    inv_r01: np.ndarray  # 1 / (r0 + r1)
+    c_d10: np.ndarray  # order-2 coefficient of D1_0
+    c_d1: np.ndarray  # order-3 coefficients of D1 and D2
+    c_d2: np.ndarray
+
+
+def _dpm_order(k, num_steps):
+    if k < DPM_ORDER:
+        return k  # warm-up with lower orders, as the official multistep solver
+    if num_steps < 10:
+        return min(DPM_ORDER, num_steps + 1 - k)  # lower_order_final
+    return DPM_ORDER
+
+
+def _dpm_plan(num_steps, t_start, t_end) -> _DpmPlan:
+    times = np.linspace(t_start, t_end, num_steps + 1)
+    lam = np.log(1.0 / times - 1.0)  # half log-SNR of alpha_t = 1 - t, sigma_t = t
+    cols = {k: np.zeros(num_steps) for k in _DpmPlan._fields if k != "times"}
+    for k in range(1, num_steps + 1):
+        order, i = _dpm_order(k, num_steps), k - 1
+        h = lam[k] - lam[k - 1]
+        phi1 = np.expm1(-h)
+        alpha_t = 1.0 - times[k]
+        cols["ratio"][i] = times[k] / times[k - 1]
+        cols["c_m0"][i] = -alpha_t * phi1
+        if order >= 2:
+            r0 = (lam[k - 1] - lam[k - 2]) / h
+            cols["inv_r0"][i] = 1.0 / r0
+        if order == 2:
+            cols["c_d10"][i] = -0.5 * alpha_t * phi1
+        if order == 3:
+            r1 = (lam[k - 2] - lam[k - 3]) / h
+            phi2 = phi1 / h + 1.0
+            cols["inv_r1"][i] = 1.0 / r1
+            cols["mix"][i] = r0 / (r0 + r1)
+            cols["inv_r01"][i] = 1.0 / (r0 + r1)
+            cols["c_d1"][i] = alpha_t * phi2
+            cols["c_d2"][i] = -alpha_t * (phi2 / h - 0.5)
+    return _DpmPlan(times=times, **cols)
+
+
+def _dpm_increment(history, coef):
+    """The data-prediction part of a multistep DPM-Solver++ update; history = (newest, older, oldest) [B, D].
+
+    The update is x_t = ratio·x_s + increment(M). It is linear in the M's and vanishes on constant M's, so it
+    applies equally to residuals M − point (forward flow in the noise coordinate).
+    """
+    m0, m1, m2 = history
+    d1_0 = (m0 - m1) * coef["inv_r0"]
+    d1_1 = (m1 - m2) * coef["inv_r1"]
+    d1 = d1_0 + coef["mix"] * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) * coef["inv_r01"]
+    return coef["c_m0"] * m0 + coef["c_d10"] * d1_0 + coef["c_d1"] * d1 + coef["c_d2"] * d2
+
+
+def _coefficients(plan: _DpmPlan, dtype):
+    return {k: jnp.asarray(v, dtype) for k, v in plan._asdict().items()}
+
+
+def _scan_dpm(evaluate, update, state0, plan: _DpmPlan, dtype):
+    """Multistep DPM-Solver++ skeleton: S evaluations (the last update needs none), remat per step.
+
+    evaluate(state, t) -> (model output, record); update(state, history, coef) -> state.
+    """
+    coefs = _coefficients(plan, dtype)
+    m0, out0 = evaluate(state0, coefs["times"][0])
+    steps = {k: v[:-1] for k, v in coefs.items() if k != "times"}
+    steps["times"] = coefs["times"][1:-1]
+    last = {k: v[-1] for k, v in coefs.items()}
+
+    @jax.checkpoint
+    def body(carry, coef):
+        state, history = carry
+        state = update(state, history, coef)
+        m, out = evaluate(state, coef["times"])
+        return (state, (m, history[0], history[1])), out
+
+    (state, history), outs = lax.scan(body, (state0, (m0, m0, m0)), steps)
+    state = update(state, history, last)
+    outs = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), out0, outs)
+    return state, outs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flows.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _forward_flow(zones, points, prior, *, solver, num_steps):
+    """points → latents, integrating z = (x − (1−t)·points)/t, which starts at the prior exactly.
+
+    Euler: x' = x + h (x − m)/t  ⇔  z' = z + h/(t·t') · (points − m).
+    DPM-Solver++: x' = (t'/t) x + inc(M)  ⇔  z' = z + inc(M − points)/t'   (inc vanishes on constants).
+    """
+    dtype = points.dtype
+    targets = jnp.zeros(points.shape[:1], jnp.int32)
+
+    def residual(z, t):  # posterior mean − point, without cancelling two nearly equal vectors
+        post = _evaluate(zones, (1.0 - t) * points + t * z, t, targets)
+        return (post.dominant - points) + post.rest
+
+    if solver == "euler":
+        times, step = _euler_forward_times(num_steps)
+        times = jnp.asarray(times, dtype)
+
+        @jax.checkpoint
+        def body(z, t_pair):
+            t, t_next = t_pair
+            return z - (step / (t * t_next)) * residual(z, t), None
+
+        z, _ = lax.scan(body, prior, (times[:-1], times[1:]))
+        t_end = times[-1]
+    else:
+        plan = _dpm_plan(num_steps, DPM_EPS, 1.0 - DPM_EPS)
+        z, _ = _scan_dpm(
+            lambda z, t: (residual(z, t), None),
+            lambda z, history, coef: z + _dpm_increment(history, coef) / coef["times"],
+            prior,
+            plan,
+            dtype,
+        )
+        t_end = jnp.asarray(plan.times[-1], dtype)
+    return (1.0 - t_end) * points + t_end * z
+
+
+def _reverse_flow(zones, x0, targets, record, *, solver, num_steps):
+    """latents → end points, recording `record(x, t, posterior)` at every evaluation."""
+    dtype = x0.dtype
+
+    def evaluate(x, t):
+        post = _evaluate(zones, x, t, targets)
+        return post, record(x, t, post)
+
+    if solver == "euler":
+        times, step = _euler_reverse_times(num_steps)
+
+        @jax.checkpoint
+        def body(x, t):
+            post, out = evaluate(x, t)
+            return x - step * ((x - post.dominant) - post.rest) / t, out
+
+        return lax.scan(body, x0, jnp.asarray(times[:-1], dtype))
+
+    plan = _dpm_plan(num_steps, 1.0 - DPM_EPS, DPM_EPS)
+
+    def evaluate_mean(x, t):
+        post, out = evaluate(x, t)
+        return post.dominant + post.rest, out
+
+    return _scan_dpm(
+        evaluate_mean,
+        lambda x, history, coef: coef["ratio"] * x + _dpm_increment(history, coef),
+        x0,
+        plan,
+        dtype,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation: every error names the argument, what was expected and how to fix it.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_matrix(name, x, dim=None):
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"`{name}` must be a 2-D array [rows, latent_dim]; got shape {shape}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must be a floating-point array; got dtype {x.dtype}. Cast it with .astype(jnp.float32)."
+        )
+    if dim is not None and shape[1] != dim:
+        raise ValueError(
+            f"`{name}` has latent dimension {shape[1]} but `anchors` has {dim}: both must live in the same latent space."
+        )
+    if shape[0] == 0:
+        raise ValueError(f"`{name}` is empty (shape {shape}); the flow needs at least one row.")
+
+
+def _check_common(anchors, num_steps, solver, block_size):
+    _check_matrix("anchors", anchors)
+    if solver not in SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}; use one of {SOLVERS}.")
+    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive Python int (it is static under jit); got {num_steps!r}.")
+    if solver == "dpm_solver++" and num_steps < DPM_ORDER:
+        raise ValueError(
+            f"solver='dpm_solver++' is a multistep order-{DPM_ORDER} solver and needs num_steps >= {DPM_ORDER}; "
+            f"got {num_steps}. Use more steps or solver='euler'."
+        )
+    if block_size is not None and (
+        not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool) or block_size < 1
+    ):
+        raise ValueError(f"`block_size` must be a positive int or None; got {block_size!r}.")
+
+
+def _resolve_block_size(block_size, num_anchors):
+    if block_size is not None:
+        return int(block_size)
+    return num_anchors if num_anchors <= DENSE_MAX_ANCHORS else DEFAULT_BLOCK_SIZE
+
+
+def _compute_dtype(*arrays):
+    # bf16/f16 inputs are promoted: the 1/t² logits need at least float32.
+    return jnp.result_type(jnp.float32, *[a.dtype for a in arrays if a is not None])
+
+
+def _gather(x, axis_name):
+    """Inside shard_map: every device sees all rows; gradients flow back to the owning device."""
+    return x if axis_name is None or x is None else lax.all_gather(x, axis_name, tiled=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------------------
+
+
+def latents(
+    anchors: jax.Array,
+    prior: jax.Array,
+    *,
+    num_steps: int,
+    solver: str = "euler",
+    points: Optional[jax.Array] = None,
+    axis_name: Optional[str] = None,
+    block_size: Optional[int] = None,
+) -> jax.Array:
+    """Carries points into their latent zones: the forward flow from t = eps to t = 1.
+
+    Args:
+      anchors: [N, D] anchors defining the zones (with `axis_name`: this device's shard [N_local, D]).
+      prior: [B, D] Gaussian noise, already scaled by the caller (e.g. × 0.45 in case study 2).
+      num_steps: number of solver steps (static). DPM-Solver++ needs at least 3.
+      solver: "euler" (eps = 1e-4) or "dpm_solver++" (order 3, multistep, eps = 1e-3).
+      points: [B, D] starting anchors; default `anchors` (B = N). For label-conditional generation,
+        `anchors[labels]`.
+      axis_name: mesh axis to gather anchors over when called inside `jax.shard_map`.
+      block_size: anchors per tile; default dense up to 4096 anchors, tiles of 1024 above.
+    Returns:
+      [B, D] latents: the flow started at `eps·prior + (1 − eps)·points`, evaluated at t = 1 (Euler) or
+      t = 1 − eps (DPM-Solver++), as the official flows.
+    """
+    _check_common(anchors, num_steps, solver, block_size)
+    points = anchors if points is None else points
+    _check_matrix("points", points, anchors.shape[1])
+    _check_matrix("prior", prior, anchors.shape[1])
+    if prior.shape != points.shape:
+        raise ValueError(
+            f"`prior` has shape {prior.shape} but `points` has {points.shape}: give one noise row per point."
+        )
+    dtype = _compute_dtype(anchors, prior, points)
+    all_anchors = _gather(anchors.astype(dtype), axis_name)
+    zones = _make_zones(all_anchors, None, _resolve_block_size(block_size, all_anchors.shape[0]))
+    return _forward_flow(zones, points.astype(dtype), prior.astype(dtype), solver=solver, num_steps=num_steps)
+
+
+def assign(
+    anchors: jax.Array,
+    latents: jax.Array,
+    *,
+    num_steps: int,
+    solver: str = "euler",
+    weights: Optional[jax.Array] = None,
+    targets: Optional[jax.Array] = None,
+    axis_name: Optional[str] = None,
+    block_size: Optional[int] = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Assigns latents to zones: the reverse flow from t = 1, with per-step log assignment probabilities.
+
+    Args:
+      anchors: [N, D] anchors (with `axis_name`: this device's shard, gathered to all N).
+      latents: [B, D] points at t = 1 (with `axis_name`: this device's rows).
+      num_steps: number of solver steps (static); the log-probabilities are recorded once per model
+        evaluation, at the start of each step, normalised over anchors.
+      solver: "euler" or "dpm_solver++".
+      weights: [N] non-negative anchor weights multiplying each anchor's density (class frequencies in case
+        study 3); weight 0 gives probability exactly 0. With `axis_name`, this device's shard like `anchors`.
+      targets: [B] int global anchor index per row. When given, only those log-probabilities are returned
+        and no [num_steps, B, N] array is built — the path the losses use.
+      axis_name: mesh axis to gather anchors over when called inside `jax.shard_map`.
+      block_size: anchors per tile (see `latents`).
+    Returns:
+      (end_points [B, D], log_probs [num_steps, B, N]) — or log_probs [num_steps, B] with `targets`.
+    """
+    _check_common(anchors, num_steps, solver, block_size)
+    _check_matrix("latents", latents, anchors.shape[1])
+    if weights is not None and (getattr(weights, "ndim", None) != 1 or weights.shape[0] != anchors.shape[0]):
+        raise ValueError(
+            f"`weights` must have shape [{anchors.shape[0]}] (one weight per anchor); got "
+            f"{getattr(weights, 'shape', None)}."
+        )
+    if targets is not None and (
+        getattr(targets, "shape", None) != latents.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer)
+    ):
+        raise ValueError(
+            f"`targets` must be an int array of shape [{latents.shape[0]}] (one anchor index per latent); got "
+            f"{getattr(targets, 'dtype', type(targets))} {getattr(targets, 'shape', None)}."
+        )
+    dtype = _compute_dtype(anchors, latents)
+    all_anchors = _gather(anchors.astype(dtype), axis_name)
+    all_weights = _gather(None if weights is None else weights.astype(dtype), axis_name)
+    zones = _make_zones(all_anchors, all_weights, _resolve_block_size(block_size, all_anchors.shape[0]))
+    if targets is None:
+        targets = jnp.zeros(latents.shape[:1], jnp.int32)
+        record = lambda x, t, post: _log_probs_all(zones, x, t, post.lse)  # noqa: E731
+    else:
+        targets = targets.astype(jnp.int32)
+        record = lambda x, t, post: post.s_target - post.lse  # noqa: E731
+    return _reverse_flow(zones, latents.astype(dtype), targets, record, solver=solver, num_steps=num_steps)
+
+
+def own_columns(batch_size: int, axis_name: Optional[str] = None) -> jax.Array:
+    """Global anchor index of each local row: [B] = arange(B) + device offset along `axis_name`.
+
+    In case study 2 every sample's own zone is the anchor of its other view, which under sharding sits at
+    global index `local index + axis_index · local batch`.
+    """
+    local = jnp.arange(batch_size, dtype=jnp.int32)
+    if axis_name is None:
+        return local
+    return local + lax.axis_index(axis_name).astype(jnp.int32) * batch_size
+
+
+def sharded(fn, mesh: jax.sharding.Mesh, axis_name: str = "data"):
+    """Wraps `latents` or `assign` to run on global arrays, sharded by rows along `axis_name` of `mesh`.
+
+    Every array argument (anchors, prior, points, latents, weights, targets) is split by rows across the
+    axis; each device gathers all anchors, and the outputs come back row-sharded (log_probs keep their
+    global anchor columns). Example: `sharded(zoning.assign, mesh)(anchors, latents, num_steps=20)`.
+    """
+    if fn not in (latents, assign):
+        raise ValueError(f"`sharded` wraps zoning.latents or zoning.assign; got {fn!r}.")
+    if axis_name not in mesh.shape:
+        raise ValueError(f"Mesh has no axis {axis_name!r}; its axes are {tuple(mesh.shape)}.")
+    size = mesh.shape[axis_name]
+    rows = jax.sharding.PartitionSpec(axis_name)
+    out_specs = (rows, jax.sharding.PartitionSpec(None, axis_name)) if fn is assign else rows
+
+    def wrapped(*arrays, **kwargs):
+        array_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (jax.Array, np.ndarray))}
+        static_kwargs = {k: v for k, v in kwargs.items() if k not in array_kwargs}
+        named = [(f"positional argument {i}", x) for i, x in enumerate(arrays)] + list(array_kwargs.items())
+        for name, x in named:
+            if x.ndim == 0 or x.shape[0] % size:
+                raise ValueError(
+                    f"`{name}` has shape {x.shape}: its rows must divide evenly across the {size} devices of mesh "
+                    f"axis {axis_name!r}. Use a batch size that is a multiple of {size}."
+                )
+
+        def local(arrays, array_kwargs):
+            return fn(*arrays, **array_kwargs, **static_kwargs, axis_name=axis_name)
+
+        return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows), out_specs=out_specs)(tuple(arrays), array_kwargs)
+
+    return wrapped
