@@ -132,26 +132,37 @@ def _tile_probs(q, a_t, center, lw_t, t, lse, d_out):
     return p, jnp.matmul(d_out, a_t.T, precision=_PRECISION)
 
 
-def _tile_grads(q, a_t, center, lw_t, t, lse, d_out, d_lse, delta):
-    """Gradients of one anchor tile, flash-attention style. Returns (dq part [B, D], da [bs, D], dlw [bs]).
+def _drop_dominant(p, dominant, start):
+    """p with each row's dominant anchor (global index) zeroed, for a tile whose first anchor is `start`."""
+    columns = start + jnp.arange(p.shape[1], dtype=jnp.int32)
+    return jnp.where(columns[None, :] == dominant[:, None], jnp.zeros_like(p), p)
 
-    `delta` must be Σ_j P_ij (d_out_i·a_j) summed from the same recomputed P and d_out·a_j as here (not
-    d_out·out): near a one-hot P the logit gradient P·(d_out·a_j − delta) is a difference of nearly equal
-    numbers, later scaled by 1/t² (10⁶ at t = 1e-3), and only this form makes it vanish exactly.
+
+def _tile_grads(q, a_t, center, lw_t, t, lse, d_rest, d_lse, delta, dominant, start):
+    """Gradients of one anchor tile, flash-attention style.
+
+    Returns (dq part [B, D], da [bs, D], dlw [bs], other mass [B]); the caller scatters −(other mass)·d_rest
+    into the dominant anchors, completing d rest / d a.
+
+    `delta` must be Σ_j P_ij (d_rest_i·a_j) summed from the same recomputed P and d_rest·a_j as here: near a
+    one-hot P the logit gradient P·(d_rest·a_j − delta) is a difference of nearly equal numbers, later scaled by
+    1/t² (10⁶ at t = 1e-3), and only this form makes it vanish exactly. Likewise the value gradient of
+    rest = Σ_{j≠k} w_j (a_j − a_k) is formed from the off-dominant weights, not as P·d_rest − d_rest.
     """
     alpha = 1.0 - t
     beta = 1.0 / (t * t)
     keys = a_t - center
-    p, d_p = _tile_probs(q, a_t, center, lw_t, t, lse, d_out)
+    p, d_p = _tile_probs(q, a_t, center, lw_t, t, lse, d_rest)
     d_s = p * (d_p - delta[:, None] + d_lse[:, None])
     col = jnp.sum(d_s, axis=0)
+    p_other = _drop_dominant(p, dominant, start)
     d_q = (beta * alpha) * jnp.matmul(d_s, keys, precision=_PRECISION)
     d_a = (
-        jnp.matmul(p.T, d_out, precision=_PRECISION)
+        jnp.matmul(p_other.T, d_rest, precision=_PRECISION)
         + (beta * alpha) * jnp.matmul(d_s.T, q, precision=_PRECISION)
         - (beta * alpha * alpha) * col[:, None] * keys
     )
-    return d_q, d_a, col
+    return d_q, d_a, col, jnp.sum(p_other, axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -184,9 +195,9 @@ def _attend_bwd(block_size, residuals, cotangents):
     if n <= block_size:
         p, d_p = _tile_probs(q, a, center, log_w, t, lse, d_rest)
         delta = jnp.sum(p * d_p, axis=-1)
-        d_q, d_a, d_lw = _tile_grads(q, a, center, log_w, t, lse, d_rest, d_lse, delta)
+        d_q, d_a, d_lw, other = _tile_grads(q, a, center, log_w, t, lse, d_rest, d_lse, delta, dominant, 0)
     else:
-        a_tiles, lw_tiles, _ = _tiles(a, log_w, block_size)
+        a_tiles, lw_tiles, starts = _tiles(a, log_w, block_size)
 
         def delta_body(delta, tile):
             p, d_p = _tile_probs(q, tile[0], center, tile[1], t, lse, d_rest)
@@ -196,20 +207,21 @@ def _attend_bwd(block_size, residuals, cotangents):
         # worth two more matmuls per tile in the backward.
         delta, _ = lax.scan(delta_body, jnp.zeros_like(lse), (a_tiles, lw_tiles))
 
-        def grad_body(d_q, tile):
-            dq_t, da_t, dlw_t = _tile_grads(q, tile[0], center, tile[1], t, lse, d_rest, d_lse, delta)
-            return d_q + dq_t, (da_t, dlw_t)
+        def grad_body(carry, tile):
+            d_q, other = carry
+            a_t, lw_t, start = tile
+            dq_t, da_t, dlw_t, other_t = _tile_grads(q, a_t, center, lw_t, t, lse, d_rest, d_lse, delta, dominant, start)
+            return (d_q + dq_t, other + other_t), (da_t, dlw_t)
 
-        d_q, (d_a, d_lw) = lax.scan(grad_body, jnp.zeros_like(q), (a_tiles, lw_tiles))
+        (d_q, other), (d_a, d_lw) = lax.scan(grad_body, (jnp.zeros_like(q), jnp.zeros_like(lse)), (a_tiles, lw_tiles, starts))
         d_a = d_a.reshape(-1, a.shape[1])[:n]
         d_lw = d_lw.reshape(-1)[:n]
-    # rest = posterior mean − a[dominant]: the mean's gradient (above) minus a scatter into the dominant rows.
+    d_a = d_a.at[dominant].add(-other[:, None] * d_rest)
     # The target logits are s_{i,T_i}: a one-hot logit cotangent, applied by gather/scatter.
     alpha = 1.0 - t
     beta = 1.0 / (t * t)
     keys_t = a[targets] - center
     d_q = d_q + (beta * alpha) * d_target[:, None] * keys_t
-    d_a = d_a.at[dominant].add(-d_rest)
     d_a = d_a.at[targets].add((beta * alpha) * d_target[:, None] * (q - alpha * keys_t))
     d_lw = d_lw.at[targets].add(d_target)
     return d_q, d_a, None, d_lw, None, None
@@ -231,7 +243,8 @@ class _Zones(NamedTuple):
 
 
 class _Posterior(NamedTuple):
-    dominant: jax.Array  # [B, D] the most probable anchor a_k
+    index: jax.Array  # [B] int32 index k of the most probable anchor
+    dominant: jax.Array  # [B, D] a_k
     rest: jax.Array  # [B, D] Σ_j w_j (a_j − a_k): posterior mean = dominant + rest
     lse: jax.Array  # [B]
     s_target: jax.Array  # [B]
@@ -255,16 +268,32 @@ def _query(zones: _Zones, x, t):
     return x - (1.0 - t) * zones.center
 
 
+def _vary_like(x, ref):
+    """Inside shard_map, marks x as varying over the mesh axes `ref` varies over.
+
+    The gathered anchors are the same on every device, but their cotangent from `_attend` is per-device; the
+    cast's transpose sums it over devices, which is exactly the anchors' gradient.
+    """
+    missing = tuple(sorted(_varying_axes(ref) - _varying_axes(x)))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+
+def _varying_axes(x) -> frozenset:
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9; earlier releases call it `vma`
+    return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
+
+
 def _evaluate(zones: _Zones, x, t, targets) -> _Posterior:
-    rest, lse, s_target, dominant = _attend(
-        _query(zones, x, t), zones.anchors, zones.center, zones.log_w, t, targets, zones.block_size
-    )
-    return _Posterior(zones.anchors[dominant], rest, lse, s_target)
+    q = _query(zones, x, t)
+    anchors, log_w = _vary_like(zones.anchors, q), _vary_like(zones.log_w, q)
+    rest, lse, s_target, dominant = _attend(q, anchors, zones.center, log_w, t, targets, zones.block_size)
+    return _Posterior(dominant, anchors[dominant], rest, lse, s_target)
 
 
-def _log_probs_all(zones: _Zones, x, t, lse):
-    """log w_ij for every anchor: [B, N]."""
-    return _scores(_query(zones, x, t), zones.anchors - zones.center, zones.log_w, t) - lse[:, None]
+def _log_probs_all(zones: _Zones, x, t):
+    """log w_ij for every anchor: [B, N], normalised from one computation of the logits."""
+    return jax.nn.log_softmax(_scores(_query(zones, x, t), zones.anchors - zones.center, zones.log_w, t), axis=-1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -380,18 +409,25 @@ def _scan_dpm(evaluate, update, state0, plan: _DpmPlan, dtype):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _forward_flow(zones, points, prior, *, solver, num_steps):
+def _forward_flow(zones, points, prior, own, *, solver, num_steps):
     """points → latents, integrating z = (x − (1−t)·points)/t, which starts at the prior exactly.
 
     Euler: x' = x + h (x − m)/t  ⇔  z' = z + h/(t·t') · (points − m).
     DPM-Solver++: x' = (t'/t) x + inc(M)  ⇔  z' = z + inc(M − points)/t'   (inc vanishes on constants).
+    `own` [B]: when the points are the anchors themselves, their (global) anchor indices.
     """
     dtype = points.dtype
     targets = jnp.zeros(points.shape[:1], jnp.int32)
 
     def residual(z, t):  # posterior mean − point, without cancelling two nearly equal vectors
         post = _evaluate(zones, (1.0 - t) * points + t * z, t, targets)
-        return (post.dominant - points) + post.rest
+        if own is None:
+            return (post.dominant - points) + post.rest
+        # Both terms indexed from one array: in the backward their ±(h/t²)-scaled cotangents meet in one
+        # scatter and cancel exactly when the dominant anchor is the point's own one, rather than after other
+        # contributions (or a cross-device sum) have been added to either.
+        anchors = _vary_like(zones.anchors, z)
+        return (anchors[post.index] - anchors[own]) + post.rest
 
     if solver == "euler":
         times, step = _euler_forward_times(num_steps)
@@ -543,9 +579,11 @@ def latents(
             f"`prior` has shape {prior.shape} but `points` has {points.shape}: give one noise row per point."
         )
     dtype = _compute_dtype(anchors, prior, points)
-    all_anchors = _gather(anchors.astype(dtype), axis_name)
+    own = own_columns(anchors.shape[0], axis_name) if points is anchors else None
+    all_anchors = _gather(jnp.asarray(anchors, dtype), axis_name)
     zones = _make_zones(all_anchors, None, _resolve_block_size(block_size, all_anchors.shape[0]))
-    return _forward_flow(zones, points.astype(dtype), prior.astype(dtype), solver=solver, num_steps=num_steps)
+    points, prior = jnp.asarray(points, dtype), jnp.asarray(prior, dtype)
+    return _forward_flow(zones, points, prior, own, solver=solver, num_steps=num_steps)
 
 
 def assign(
@@ -591,16 +629,17 @@ def assign(
             f"{getattr(targets, 'dtype', type(targets))} {getattr(targets, 'shape', None)}."
         )
     dtype = _compute_dtype(anchors, latents)
-    all_anchors = _gather(anchors.astype(dtype), axis_name)
-    all_weights = _gather(None if weights is None else weights.astype(dtype), axis_name)
+    all_anchors = _gather(jnp.asarray(anchors, dtype), axis_name)
+    all_weights = _gather(None if weights is None else jnp.asarray(weights, dtype), axis_name)
     zones = _make_zones(all_anchors, all_weights, _resolve_block_size(block_size, all_anchors.shape[0]))
     if targets is None:
         targets = jnp.zeros(latents.shape[:1], jnp.int32)
-        record = lambda x, t, post: _log_probs_all(zones, x, t, post.lse)  # noqa: E731
+        record = lambda x, t, post: _log_probs_all(zones, x, t)  # noqa: E731
     else:
-        targets = targets.astype(jnp.int32)
+        targets = jnp.asarray(targets, jnp.int32)
         record = lambda x, t, post: post.s_target - post.lse  # noqa: E731
-    return _reverse_flow(zones, latents.astype(dtype), targets, record, solver=solver, num_steps=num_steps)
+    latents = jnp.asarray(latents, dtype)
+    return _reverse_flow(zones, latents, targets, record, solver=solver, num_steps=num_steps)
 
 
 def own_columns(batch_size: int, axis_name: Optional[str] = None) -> jax.Array:
@@ -644,6 +683,7 @@ def sharded(fn, mesh: jax.sharding.Mesh, axis_name: str = "data"):
         def local(arrays, array_kwargs):
             return fn(*arrays, **array_kwargs, **static_kwargs, axis_name=axis_name)
 
-        return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows), out_specs=out_specs)(tuple(arrays), array_kwargs)
+        placed = jax.device_put((tuple(arrays), array_kwargs), jax.sharding.NamedSharding(mesh, rows))
+        return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows), out_specs=out_specs)(*placed)
 
     return wrapped
