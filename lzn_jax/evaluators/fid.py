@@ -1,0 +1,331 @@
+"""Fréchet Inception Distance: the two pipelines the official code reports, and the evaluator.
+
+Both pipelines quantise images to uint8 first (as the official extractors do) and feed the same FID
+InceptionV3 (`inception.py`, TF graph `inception-2015-12-05`); they differ in how images reach 299x299:
+
+* "clean" (clean-fid, the official `clean_fid` metric): each channel is resized as a float image with PIL's
+  bicubic filter, clipped to [0, 255], then scaled as (x - 128) / 128.
+* "rf" (the official `rf_fid` metric, i.e. score_sde's evaluation through the TF-Hub `tfgan/eval/inception`
+  module): images are scaled as (x - 127.5) / 127.5 and the module resizes them to 299x299 with TF1's
+  bilinear resize (`align_corners=False`, no half-pixel centres), reproduced here as two interpolation
+  matrices.
+
+Reference statistics (mean, covariance of a dataset split) are cached as .npz files keyed by dataset, split,
+pipeline, image size and sample count, and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from lzn_jax.evaluators import images as image_utils
+from lzn_jax.evaluators import inception
+
+CLEAN = "clean"
+RF = "rf"
+PIPELINES = (CLEAN, RF)
+_SIZE = inception.INPUT_SIZE
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics.
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Features [N, D] -> (mean [D], unbiased covariance [D, D]), both float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"feature_stats needs features [N >= 2, D], got shape {features.shape}.")
+    return features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False))
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric PSD square root through an eigendecomposition (negative round-off eigenvalues -> 0)."""
+    eigvals, eigvecs = np.linalg.eigh(matrix)
+    return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians, in float64.
+
+    Tr((S1 S2)^(1/2)) is the nuclear norm (sum of singular values) of S1^(1/2) S2^(1/2): its Gram matrix
+    S1^(1/2) S2 S1^(1/2) has the spectrum of S1 S2. Unlike a general `sqrtm` of S1 S2, this has no imaginary
+    round-off, and directions outside either covariance's support enter as products of two tiny roots, so
+    singular covariances (fewer samples than dimensions) still give FID(x, x) = 0 to float64 precision.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    dim = mu1.shape[0]
+    if mu1.shape != (dim,) or mu2.shape != (dim,) or sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
+        raise ValueError(
+            f"frechet_distance needs mu [D] and sigma [D, D] for both Gaussians, got mu1 {mu1.shape}, "
+            f"sigma1 {sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}."
+        )
+    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
+    trace_sqrt = np.linalg.svd(_psd_sqrt(sigma1) @ _psd_sqrt(sigma2), compute_uv=False).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Resizing to the network's 299x299.
+
+
+def _clean_resize_image(image: np.ndarray) -> np.ndarray:
+    channels = []
+    for c in range(image.shape[-1]):
+        plane = Image.fromarray(image[..., c].astype(np.float32))  # mode "F": no quantisation after resizing
+        plane = plane.resize((_SIZE, _SIZE), resample=Image.Resampling.BICUBIC)
+        channels.append(np.asarray(plane))
+    return np.clip(np.stack(channels, axis=-1), 0.0, 255.0)
+
+
+def clean_resize(images: np.ndarray) -> np.ndarray:
+    """clean-fid's "clean" resize: uint8 [N,H,W,3] -> float32 [N,299,299,3] in [0, 255].
+
+    Each channel is resized on its own as a float32 PIL image with the bicubic filter, then clipped.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"clean_resize takes uint8 images [N, H, W, C], got {images.dtype} {images.shape}.")
+    # PIL releases the GIL while resampling, so threads use several cores.
+    out = np.empty((len(images), _SIZE, _SIZE, images.shape[-1]), np.float32)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, resized in enumerate(pool.map(_clean_resize_image, images)):
+            out[i] = resized
+    return out
+
+
+def tf_bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] interpolation matrix of TF1 `resize_bilinear` (align_corners=False, no half pixel).
+
+    Output pixel i samples the input at i * in_size / out_size, linearly between the two neighbouring pixels
+    (the last one repeated at the border).
+    """
+    source = np.arange(out_size, dtype=np.float64) * (in_size / out_size)
+    lower = np.floor(source).astype(np.int64)
+    upper = np.minimum(lower + 1, in_size - 1)
+    frac = source - lower
+    matrix = np.zeros((out_size, in_size), np.float64)
+    np.add.at(matrix, (np.arange(out_size), lower), 1.0 - frac)
+    np.add.at(matrix, (np.arange(out_size), upper), frac)
+    return matrix.astype(np.float32)
+
+
+def rf_resize(images: jax.Array, size: int = _SIZE) -> jax.Array:
+    """TF1 bilinear resize of [N,H,W,C] float images to [N,size,size,C] (the TF-Hub Inception module's resize)."""
+    rows = jnp.asarray(tf_bilinear_matrix(images.shape[1], size))
+    cols = jnp.asarray(tf_bilinear_matrix(images.shape[2], size))
+    return jnp.einsum("oh,nhwc,pw->nopc", rows, images, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Features.
+
+
+@functools.partial(jax.jit, static_argnames="pipeline")
+def _pool3(variables: dict, pixels: jax.Array, pipeline: str) -> jax.Array:
+    """Pixels [B,H,W,3] in [0, 255] (clean: already resized to 299) -> pool_3 features [B, 2048]."""
+    # Full float32 convolutions: TF32/bf16 defaults on accelerators would shift the features, and FID with them.
+    with jax.default_matmul_precision("float32"):
+        if pipeline == CLEAN:
+            x = (pixels - 128.0) / 128.0
+        else:
+            x = rf_resize((pixels - 127.5) / 127.5)
+        return inception.InceptionV3().apply(variables, x)
+
+
+class InceptionFeatures:
+    """pool_3 features of images through an FID pipeline, in fixed-size batches (one compilation per pipeline).
+
+    Args:
+      variables: FID Inception `{"params", "batch_stats"}` (`inception.load_inception_params`).
+      batch_size: images per network call; the last chunk is zero-padded to it.
+    """
+
+    def __init__(self, variables: dict, *, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.variables = jax.device_put(variables)  # once, not a host-to-device copy per call
+        self.batch_size = batch_size
+
+    def __call__(self, images, pipeline: str) -> np.ndarray:
+        """Images [N,H,W,C] in [-1, 1], C in (1, 3) -> float32 features [N, 2048]."""
+        if pipeline not in PIPELINES:
+            raise ValueError(f"Unknown FID pipeline {pipeline!r}; expected one of {PIPELINES}.")
+        pixels = image_utils.as_rgb(image_utils.to_uint8(images))
+        out = []
+        for start in range(0, len(pixels), self.batch_size):
+            chunk = pixels[start : start + self.batch_size]
+            chunk = clean_resize(chunk) if pipeline == CLEAN else chunk.astype(np.float32)
+            padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.float32)
+            padded[: len(chunk)] = chunk
+            out.append(np.asarray(_pool3(self.variables, padded, pipeline))[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0, inception.FEATURE_DIM), np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The evaluator.
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(text)).strip("-") or "x"
+
+
+class FIDEvaluator:
+    """FID of model samples against a dataset split, for each requested pipeline.
+
+    `run(params)` yields `("eval/fid_clean", v)` and/or `("eval/fid_rf", v)`.
+
+    Args:
+      sample_fn: `(params, key, num) -> images [num,H,W,C]` in [-1, 1] (C in 1, 3; grey is replicated).
+        Called with `num = batch_size` and keys folded from `seed`, so every run sees the same noise.
+      reference_batches_fn: `() -> iterable of {"image": [b,H,W,C] in [-1, 1], optional "mask": [b] bool}`,
+        one pass over the reference split (e.g. `data.eval_iterator(..., split="train")`).
+      inception_weights: local FID Inception weights file (.pth or .npz, see `inception.load_inception_params`).
+      cache_dir: directory for reference statistics (created if absent), e.g. the workdir.
+      dataset, split, image_size: name the reference data in the cache key; `image_size` is checked against it.
+      num_samples: generated samples per evaluation.
+      batch_size: samples per `sample_fn` call and images per Inception call.
+      pipelines: any of `PIPELINES`; all share one set of generated samples.
+      num_reference_samples: reference images to use (None: the whole split, as the official default).
+      seed: PRNG seed of the sampling keys.
+    """
+
+    def __init__(
+        self,
+        sample_fn: Callable,
+        reference_batches_fn: Callable[[], Iterable[dict]],
+        *,
+        inception_weights: str,
+        cache_dir: str,
+        dataset: str,
+        split: str,
+        image_size: int,
+        num_samples: int,
+        batch_size: int,
+        pipelines: Sequence[str] = (CLEAN,),
+        num_reference_samples: int | None = None,
+        seed: int = 0,
+    ):
+        if isinstance(pipelines, str):
+            pipelines = (pipelines,)
+        unknown = [p for p in pipelines if p not in PIPELINES]
+        if unknown or not pipelines:
+            raise ValueError(f"pipelines must be a non-empty subset of {PIPELINES}, got {tuple(pipelines)}.")
+        if num_samples < 2 or (num_reference_samples is not None and num_reference_samples < 2):
+            raise ValueError(
+                f"FID needs >= 2 samples on each side, got num_samples={num_samples}, "
+                f"num_reference_samples={num_reference_samples}."
+            )
+        self.sample_fn = sample_fn
+        self.reference_batches_fn = reference_batches_fn
+        self.inception_weights = os.fspath(inception_weights)
+        self.features = InceptionFeatures(inception.load_inception_params(inception_weights), batch_size=batch_size)
+        self.cache_dir = os.fspath(cache_dir)
+        self.dataset, self.split, self.image_size = dataset, split, int(image_size)
+        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
+        self.pipelines = tuple(pipelines)
+        self.num_reference_samples = num_reference_samples
+        self.seed = seed
+        self._reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def cache_path(self, pipeline: str) -> str:
+        """Where the reference statistics of `pipeline` are cached."""
+        count = "all" if self.num_reference_samples is None else f"n{self.num_reference_samples}"
+        name = f"fid_stats_{_slug(self.dataset)}_{_slug(self.split)}_{pipeline}_{self.image_size}px_{count}.npz"
+        return os.path.join(self.cache_dir, name)
+
+    def _weights_id(self) -> str:
+        return f"{os.path.basename(self.inception_weights)}:{os.path.getsize(self.inception_weights)}"
+
+    def _load_cached(self, pipeline: str) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self.cache_path(pipeline)
+        if not os.path.isfile(path):
+            return None
+        with np.load(path) as data:
+            if str(data["inception_weights"]) != self._weights_id():
+                return None  # computed with other Inception weights: recompute rather than compare across them
+            return data["mu"], data["sigma"]
+
+    def _save_cached(self, pipeline: str, mu: np.ndarray, sigma: np.ndarray, count: int) -> None:
+        if jax.process_index() != 0:
+            return
+        os.makedirs(self.cache_dir, exist_ok=True)
+        path = self.cache_path(pipeline)
+        tmp = f"{path}.tmp.npz"
+        np.savez(tmp, mu=mu, sigma=sigma, num_samples=count, inception_weights=self._weights_id())
+        os.replace(tmp, path)  # atomic: an interrupted run never leaves a truncated cache behind
+
+    def _reference_images(self) -> Iterator[np.ndarray]:
+        """Reference images [b,H,W,C], masked rows dropped, stopping at `num_reference_samples`."""
+        remaining = self.num_reference_samples
+        for batch in self.reference_batches_fn():
+            images = np.asarray(batch["image"])
+            if "mask" in batch:
+                images = images[np.asarray(batch["mask"], bool)]
+            if images.shape[1:3] != (self.image_size, self.image_size):
+                raise ValueError(
+                    f"Reference images are {images.shape[1:3]}, but the FID cache is keyed by "
+                    f"image_size={self.image_size}: pass the data's image size."
+                )
+            if remaining is not None:
+                images = images[:remaining]
+                remaining -= len(images)
+            yield images
+            if remaining == 0:
+                return
+        if remaining:
+            raise ValueError(
+                f"The reference split has {self.num_reference_samples - remaining} images, fewer than "
+                f"num_reference_samples={self.num_reference_samples}."
+            )
+
+    def reference_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(mu, sigma) of the reference split per pipeline: from memory, the cache, or one pass over the data."""
+        missing = [p for p in self.pipelines if p not in self._reference]
+        for p in list(missing):
+            cached = self._load_cached(p)
+            if cached is not None:
+                self._reference[p] = cached
+                missing.remove(p)
+        if missing:
+            feats = {p: [] for p in missing}
+            for images in self._reference_images():
+                for p in missing:
+                    feats[p].append(self.features(images, p))
+            for p in missing:
+                all_feats = np.concatenate(feats[p])
+                self._reference[p] = feature_stats(all_feats)
+                self._save_cached(p, *self._reference[p], count=len(all_feats))
+        return {p: self._reference[p] for p in self.pipelines}
+
+    def sample_features(self, params) -> dict[str, np.ndarray]:
+        """pool_3 features [num_samples, 2048] of generated images, per pipeline."""
+        base = jax.random.key(self.seed)
+        feats = {p: [] for p in self.pipelines}
+        done = 0
+        for i in range(-(-self.num_samples // self.batch_size)):
+            images = np.asarray(jax.device_get(self.sample_fn(params, jax.random.fold_in(base, i), self.batch_size)))
+            if images.shape[0] != self.batch_size:
+                raise ValueError(f"sample_fn(params, key, {self.batch_size}) returned {images.shape[0]} images.")
+            images = images[: self.num_samples - done]
+            done += len(images)
+            for p in self.pipelines:
+                feats[p].append(self.features(images, p))
+        return {p: np.concatenate(f) for p, f in feats.items()}
+
+    def run(self, params) -> Iterator[tuple[str, float]]:
+        reference = self.reference_stats()
+        generated = self.sample_features(params)
+        for p in self.pipelines:
+            yield f"eval/fid_{p}", frechet_distance(*feature_stats(generated[p]), *reference[p])

@@ -1,0 +1,225 @@
+"""Linear probing (case study 2): a linear classifier on frozen features, trained with AdamW.
+
+As the official metric: a `Linear(F, K)` head (PyTorch's default uniform init), cross-entropy, AdamW
+(lr 3e-4, weight decay 0 by default), 300 epochs of shuffled minibatches with the last partial batch
+dropped, raw (unnormalised) features, top-1 accuracy on the test split. The official metric recomputes
+features of augmented training images every epoch; here features are computed once, from the
+un-augmented split, so the probe is a pure function of two feature arrays.
+
+The whole optimisation is one `jax.jit` with the epochs and steps in `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# Metric-name suffix per feature kind; the official metric reports the no-head features.
+_SUFFIX = {"no_head": "", "head": "_head", "pixels": "_pixels"}
+MODES = ("no_head", "head")
+
+
+def _init_head(key: jax.Array, in_dim: int, num_classes: int) -> dict:
+    """PyTorch `nn.Linear` init: weight and bias ~ U(-1/sqrt(in_dim), 1/sqrt(in_dim))."""
+    bound = 1.0 / np.sqrt(in_dim)
+    k_w, k_b = jax.random.split(key)
+    return {
+        "w": jax.random.uniform(k_w, (in_dim, num_classes), minval=-bound, maxval=bound),
+        "b": jax.random.uniform(k_b, (num_classes,), minval=-bound, maxval=bound),
+    }
+
+
+def _logits(head: dict, x: jax.Array) -> jax.Array:
+    return jnp.dot(x, head["w"], precision=jax.lax.Precision.HIGHEST) + head["b"]
+
+
+def _loss(head: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(_logits(head, x), y).mean()
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_classes", "lr", "num_epochs", "batch_size", "weight_decay")
+)
+def _train_head(
+    x: jax.Array, y: jax.Array, key: jax.Array, *, num_classes, lr, num_epochs, batch_size, weight_decay
+) -> tuple[dict, jax.Array]:
+    """Trains the head on x [N, F], y [N]; returns (head, mean train loss per epoch [num_epochs])."""
+    n = x.shape[0]
+    steps = n // batch_size
+    init_key, shuffle_key = jax.random.split(key)
+    head = _init_head(init_key, x.shape[1], num_classes)
+    optimizer = optax.adamw(lr, weight_decay=weight_decay)  # decoupled decay on weight and bias, as torch AdamW
+
+    def step(carry, batch):
+        head, opt_state = carry
+        loss, grads = jax.value_and_grad(_loss)(head, *batch)
+        updates, opt_state = optimizer.update(grads, opt_state, head)
+        return (optax.apply_updates(head, updates), opt_state), loss
+
+    def epoch(carry, epoch_key):
+        if batch_size == n:  # full batch: no shuffling or gathering needed
+            carry, loss = step(carry, (x, y))
+            return carry, loss
+        order = jax.random.permutation(epoch_key, n)[: steps * batch_size].reshape(steps, batch_size)
+        carry, losses = jax.lax.scan(lambda c, idx: step(c, (x[idx], y[idx])), carry, order)
+        return carry, losses.mean()
+
+    (head, _), losses = jax.lax.scan(
+        epoch, (head, optimizer.init(head)), jax.random.split(shuffle_key, num_epochs)
+    )
+    return head, losses
+
+
+@jax.jit
+def _accuracy(head: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(_logits(head, x), axis=-1) == y)
+
+
+def _check_split(name: str, x, y) -> tuple[jax.Array, jax.Array]:
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ValueError(f"{name} needs features [N > 0, F] and labels [N], got {x.shape} and {y.shape}.")
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+
+
+def fit_linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    *,
+    num_classes: int,
+    lr: float = 3e-4,
+    num_epochs: int = 300,
+    batch_size: int | None = None,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Trains a linear classifier on train features and scores it.
+
+    Args:
+      train_x, train_y: features [N, F] and int labels [N] of the training split.
+      test_x, test_y: features [M, F] and labels [M] of the split the accuracy is reported on.
+      num_classes: K, the classifier's outputs.
+      lr, weight_decay: AdamW settings.
+      num_epochs: passes over the training features.
+      batch_size: minibatch size (reshuffled each epoch, last partial batch dropped); None or >= N: full batch.
+      seed: PRNG seed for the head's init and the shuffling; equal inputs and seed give equal results.
+
+    Returns:
+      {"accuracy": top-1 test accuracy, "train_accuracy": top-1 accuracy on the training features,
+       "train_loss": mean cross-entropy of the last epoch}.
+    """
+    train_x, train_y = _check_split("train", train_x, train_y)
+    test_x, test_y = _check_split("test", test_x, test_y)
+    if test_x.shape[1] != train_x.shape[1]:
+        raise ValueError(f"train and test features differ in width: {train_x.shape[1]} vs {test_x.shape[1]}.")
+    if num_epochs < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError(f"num_epochs and batch_size must be >= 1, got {num_epochs} and {batch_size}.")
+    n = train_x.shape[0]
+    batch = n if batch_size is None else min(batch_size, n)
+    head, losses = _train_head(
+        train_x,
+        train_y,
+        jax.random.key(seed),
+        num_classes=int(num_classes),
+        lr=float(lr),
+        num_epochs=int(num_epochs),
+        batch_size=int(batch),
+        weight_decay=float(weight_decay),
+    )
+    return {
+        "accuracy": float(_accuracy(head, test_x, test_y)),
+        "train_accuracy": float(_accuracy(head, train_x, train_y)),
+        "train_loss": float(losses[-1]),
+    }
+
+
+def collect_features(
+    batches: Iterable[dict], feature_fns: dict[str, Callable[[np.ndarray], np.ndarray]]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One pass over `{"image", "label", optional "mask"}` batches -> ({name: features [N, F]}, labels [N])."""
+    feats: dict[str, list] = {name: [] for name in feature_fns}
+    labels = []
+    for batch in batches:
+        keep = np.asarray(batch["mask"], bool) if "mask" in batch else slice(None)
+        for name, fn in feature_fns.items():
+            out = np.asarray(fn(batch["image"]))
+            feats[name].append(out.reshape(out.shape[0], -1)[keep])
+        labels.append(np.asarray(batch["label"])[keep])
+    if not labels:
+        raise ValueError("The batches function yielded no batches.")
+    return {name: np.concatenate(f) for name, f in feats.items()}, np.concatenate(labels)
+
+
+class LinearProbeEvaluator:
+    """Linear-probe accuracy of encoder features, and of raw pixels as a baseline.
+
+    `run(params)` yields, for each mode, `eval/linear_probe_accuracy{suffix}` and
+    `eval/linear_probe_train_accuracy{suffix}` with suffix "" for "no_head" (the number the paper reports),
+    "_head" for "head", "_pixels" for the pixel baseline (computed once: it does not depend on params).
+
+    Args:
+      embed_fn: `(params, images [B,H,W,C], apply_head: bool) -> features [B, F]`.
+      train_batches_fn, test_batches_fn: `() -> iterable of {"image", "label", optional "mask"}` batches, one
+        pass over the (un-augmented) train and test splits.
+      num_classes: K.
+      modes: encoder feature kinds, any of ("no_head", "head").
+      include_pixels: also probe flattened pixels.
+      lr, num_epochs, batch_size, weight_decay, seed: see `fit_linear_probe`.
+    """
+
+    def __init__(
+        self,
+        embed_fn: Callable,
+        train_batches_fn: Callable[[], Iterable[dict]],
+        test_batches_fn: Callable[[], Iterable[dict]],
+        *,
+        num_classes: int,
+        modes: Sequence[str] = MODES,
+        include_pixels: bool = True,
+        lr: float = 3e-4,
+        num_epochs: int = 300,
+        batch_size: int | None = None,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ):
+        unknown = [m for m in modes if m not in MODES]
+        if unknown:
+            raise ValueError(f"Unknown linear-probe modes {unknown}; expected a subset of {MODES}.")
+        self.embed_fn = embed_fn
+        self.train_batches_fn, self.test_batches_fn = train_batches_fn, test_batches_fn
+        self.modes = tuple(modes)
+        self.include_pixels = include_pixels
+        self.probe_kwargs = dict(
+            num_classes=num_classes, lr=lr, num_epochs=num_epochs, batch_size=batch_size,
+            weight_decay=weight_decay, seed=seed,
+        )
+        self._pixel_result: dict[str, float] | None = None
+
+    def _probe(self, feature_fns) -> dict[str, dict[str, float]]:
+        train_feats, train_y = collect_features(self.train_batches_fn(), feature_fns)
+        test_feats, test_y = collect_features(self.test_batches_fn(), feature_fns)
+        return {
+            name: fit_linear_probe(train_feats[name], train_y, test_feats[name], test_y, **self.probe_kwargs)
+            for name in feature_fns
+        }
+
+    def _encoder_fn(self, params, *, apply_head: bool) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda images: self.embed_fn(params, images, apply_head)
+
+    def run(self, params) -> Iterator[tuple[str, float]]:
+        encoder_fns = {mode: self._encoder_fn(params, apply_head=(mode == "head")) for mode in self.modes}
+        results = self._probe(encoder_fns) if encoder_fns else {}
+        if self.include_pixels:
+            if self._pixel_result is None:
+                self._pixel_result = self._probe({"pixels": lambda images: images})["pixels"]
+            results["pixels"] = self._pixel_result
+        for mode, result in results.items():
+            yield f"eval/linear_probe_accuracy{_SUFFIX[mode]}", result["accuracy"]
+            yield f"eval/linear_probe_train_accuracy{_SUFFIX[mode]}", result["train_accuracy"]
