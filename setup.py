@@ -9,6 +9,7 @@ RUNTIME = [
     "orbax-checkpoint>=0.11",
     "tensorflow-cpu>=2.16",  # tf.data input pipelines under tensorflow-datasets
     "tensorflow-datasets>=4.9.6",
+    "tensorboard>=2.16",  # CLU's TensorBoard metric writer
     "ml_collections>=1.0",
     "clu==0.0.12",
     "chex>=0.1.89",
