@@ -1,0 +1,111 @@
+"""Orbax checkpoints of the train state: save periodically, resume from the newest complete one.
+
+Layout (per step, one `Composite`): `params`, `ema_params`, `opt_state`, `meta` (step, rng key data, EMA
+update counts, skipped-step counters). A checkpoint converted from the official PyTorch release holds only
+`params` and `ema_params`. Orbax writes each step to a temporary directory and renames it when complete, so a
+run killed mid-save leaves nothing that `all_steps()` would list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("params", "ema_params", "opt_state", "meta")
+PARAM_ITEMS = ("params", "ema_params")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose arrays do not fit the model the config builds."""
+
+
+def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
+    # Naming the handlers lets a fresh process read item metadata before restoring anything.
+    handlers = {item: ocp.StandardCheckpointHandler() for item in ITEMS}
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> None:
+    mngr.save(step, args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()}))
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) -> Optional[tuple[int, dict]]:
+    """Restores the newest readable checkpoint into `abstract_items`' structure and shardings.
+
+    An unreadable checkpoint (e.g. damaged files) is skipped with a warning naming it, falling back to the
+    previous one; a checkpoint of another architecture raises CheckpointMismatchError listing the arrays that
+    differ. Returns (step, items) or None when there is no checkpoint.
+    """
+    for step in sorted(mngr.all_steps(), reverse=True):
+        check_compatible(mngr, step, abstract_items)
+        try:
+            return step, _restore(mngr, step, abstract_items)
+        except Exception as error:  # noqa: BLE001 -- any read failure means: try the previous checkpoint
+            logging.warning(
+                "Checkpoint %s is unreadable (%s: %s); falling back to the previous one.",
+                os.path.join(str(mngr.directory), str(step)), type(error).__name__, error,
+            )  # fmt: skip
+    return None
+
+
+def restore_params(directory: str, abstract_params: dict[str, Any], step: Optional[int] = None) -> dict[str, Any]:
+    """`params` and `ema_params` of the (newest) checkpoint in `directory`, e.g. one made by lzn_jax.convert."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"config.checkpoint.path={directory!r} is not a directory of Orbax checkpoints.")
+    mngr = manager(directory, read_only=True)
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"No complete checkpoint in {directory!r} (config.checkpoint.path).")
+    wanted = {k: abstract_params[k] for k in PARAM_ITEMS}
+    check_compatible(mngr, step, wanted)
+    return _restore(mngr, step, wanted)
+
+
+def _restore(mngr, step, abstract_items):
+    args = ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in abstract_items.items()})
+    restored = mngr.restore(step, args=args)
+    return {k: restored[k] for k in abstract_items}
+
+
+def check_compatible(mngr, step: int, abstract_items: dict[str, Any]) -> None:
+    """Compares the stored params/EMA arrays with the expected ones; raises naming every difference."""
+    try:
+        stored = mngr.item_metadata(step)
+    except Exception:  # noqa: BLE001 -- unreadable metadata is handled as an unreadable checkpoint
+        return
+    problems = []
+    for item in PARAM_ITEMS:
+        if item not in abstract_items:
+            continue
+        if stored.get(item) is None:
+            problems.append(f"item {item!r} is missing")
+            continue
+        problems += _tree_differences(item, _shapes(stored[item].tree), _shapes(abstract_items[item]))
+    if problems:
+        where = os.path.join(str(mngr.directory), str(step))
+        listing = "\n  ".join(problems[:40]) + ("\n  ..." if len(problems) > 40 else "")
+        raise CheckpointMismatchError(
+            f"Checkpoint {where} does not match the model this config builds ({len(problems)} differences):\n"
+            f"  {listing}\nUse the config the checkpoint was trained with, or a fresh --workdir."
+        )
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _tree_differences(item, stored: dict, expected: dict) -> list[str]:
+    out = [f"{item}/{k}: in the checkpoint, not in the model {stored[k]}" for k in sorted(set(stored) - set(expected))]
+    out += [f"{item}/{k}: missing from the checkpoint (model {expected[k]})" for k in sorted(set(expected) - set(stored))]
+    out += [
+        f"{item}/{k}: shape {stored[k]} in the checkpoint, {expected[k]} in the model"
+        for k in sorted(set(stored) & set(expected))
+        if stored[k] != expected[k]
+    ]
+    return out
