@@ -54,9 +54,15 @@ def label_loss(log_probs: jax.Array, *, cutoff: float = 0.2) -> jax.Array:
     return -jnp.mean(jnp.exp(_best_log_prob(log_probs, cutoff)))
 
 
-def class_weights(labels: jax.Array, num_classes: int, *, axis_name: Optional[str] = None) -> jax.Array:
-    """Class frequencies of the global batch: [K] = count_k / Σ count (summed over `axis_name` devices)."""
-    counts = jnp.zeros((num_classes,), jnp.result_type(float)).at[labels].add(1.0)
+def class_weights(
+    labels: jax.Array, num_classes: int, *, axis_name: Optional[str] = None, mask: Optional[jax.Array] = None
+) -> jax.Array:
+    """Class frequencies of the global batch: [K] = count_k / Σ count (summed over `axis_name` devices).
+
+    `mask` [B] (bool) leaves out padding rows.
+    """
+    ones = jnp.ones(labels.shape, jnp.result_type(float)) if mask is None else mask.astype(jnp.result_type(float))
+    counts = jnp.zeros((num_classes,), ones.dtype).at[labels].add(ones)
     if axis_name is not None:
         counts = lax.psum(counts, axis_name)
     return counts / jnp.sum(counts)

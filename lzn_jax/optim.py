@@ -44,7 +44,14 @@ def trainable(step: jax.Array, module_steps: Mapping[str, int], modules: tuple[s
 
 
 def global_norm(grads, enabled: Mapping[str, jax.Array]) -> jax.Array:
-    return jnp.sqrt(sum(jnp.where(enabled[m], optax.tree.norm(g, squared=True), 0.0) for m, g in grads.items()))
+    """L2 norm over the enabled modules' gradients, scaled first so that huge gradients do not overflow."""
+    masked = {m: jax.tree.map(lambda x: jnp.where(enabled[m], x, 0.0), g) for m, g in grads.items()}
+    leaves = jax.tree.leaves(masked)
+    if not leaves:
+        return jnp.zeros(())
+    largest = jnp.max(jnp.asarray([jnp.max(jnp.abs(x)) for x in leaves]))
+    scale = jnp.where(largest > 0, largest, 1.0)
+    return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
 
 
 def apply(optimizer, grads, opt_state, params, enabled, grad_clip):

@@ -15,9 +15,10 @@ of what follows.
 
 - No [B, N, D] tensor: the logits come from one matmul, `(1-t)/t²·x·a_j − (1-t)²/(2t²)·||a_j||² + log weight_j`
   (the per-row ||x||² term cancels in the softmax), computed around the anchors' mean.
-- `_attend` is a custom-VJP "flash attention": anchors in tiles with an online log-sum-exp and the backward
-  recomputing each tile. Its residuals are only the query, the log-normaliser and the dominant index, so an
-  S-step flow keeps O(S·B·D) for its backward, never a [B, N] matrix per step, and needs no remat.
+- `_attend` is a custom-VJP attention tiled over query rows: each tile's [rows, N] logits are computed,
+  normalised and used at once, and recomputed in the backward pass. Its residuals are only the query and the
+  dominant anchor index, so an S-step flow keeps O(S·B·D) for its backward, never a [B, N] matrix per step,
+  and needs no remat; a step's peak is one [rows, N] tile (64 MiB by default).
 - Float32 accuracy. Near t = 0 the weights are one-hot and the velocity divides by t ≈ 1e-4, so the posterior
   mean is returned as `dominant anchor + Σ_{j≠dominant} w_j (a_j − a_dominant)` (exact zero remainder when
   one-hot), and the forward flow integrates the noise coordinate z = (x − (1−t)·point)/t instead of x. z starts
@@ -40,18 +41,24 @@ SOLVERS = ("euler", "dpm_solver++")
 EULER_EPS = 1e-4  # official EulerLatentFlow: forward flow starts at t = eps
 DPM_EPS = 1e-3  # official DPMSolverLatentFlow: eps_start = eps_end
 DPM_ORDER = 3
-DENSE_MAX_ANCHORS = 4096  # above this many anchors the default is the blocked path
-DEFAULT_BLOCK_SIZE = 1024
+TILE_ENTRIES = 2**24  # default tile: [rows, N] logits of 64 MiB in float32 (B = N = 4096 runs in one tile)
 _PRECISION = lax.Precision.HIGHEST
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The attention primitive.
+# The attention primitive, tiled over query rows.
+#
+# Each tile holds the full logit rows of its queries ([rows, N]), so the softmax of a row is normalised from
+# one computation of its logits, in the forward and again, self-consistently, in the backward pass. Logits
+# near t = 0 carry 1/t² (10⁸) and an absolute rounding error of that order; the backward's cancellation
+# P·(dP − δ) is exact only if P, dP and δ come from the same rounded logits — the reason the tiles run over
+# queries, not anchors (an online log-sum-exp over anchor tiles needs a second recomputation pass whose
+# rounding need not match the first).
 # --------------------------------------------------------------------------------------------------------------
 
 
 def _scores(q, keys, log_w, t):
-    """Logits up to a per-row constant. q [B, D], keys [n, D] (centred anchors), log_w [n], t scalar -> [B, n]."""
+    """Logits up to a per-row constant. q [B, D], keys [N, D] (centred anchors), log_w [N], t scalar -> [B, N]."""
     alpha = 1.0 - t
     beta = 1.0 / (t * t)
     qk = jnp.matmul(q, keys.T, precision=_PRECISION)
@@ -59,173 +66,115 @@ def _scores(q, keys, log_w, t):
     return (beta * alpha) * qk - (0.5 * beta * alpha * alpha) * k_sq + log_w
 
 
-def _finite_or_zero(m):
-    # A row whose running max is still -inf (all anchors so far have weight 0) must not produce inf - inf.
-    return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+def _pick(s, index):
+    """s[i, index[i]]: [B, N], [B] -> [B]."""
+    return jnp.take_along_axis(s, index[:, None], axis=1)[:, 0]
 
 
-def _tiles(a, log_w, block_size):
-    """Pads anchors to whole tiles (padding has weight 0): a [nb, bs, D], log_w [nb, bs], first index [nb]."""
-    n, d = a.shape
-    num_blocks = -(-n // block_size)
-    pad = num_blocks * block_size - n
-    if pad:
-        a = jnp.concatenate([a, jnp.zeros((pad, d), a.dtype)])
-        log_w = jnp.concatenate([log_w, jnp.full((pad,), -jnp.inf, log_w.dtype)])
-    starts = jnp.arange(num_blocks, dtype=jnp.int32) * block_size
-    return a.reshape(num_blocks, block_size, d), log_w.reshape(num_blocks, block_size), starts
+def _without_dominant(p, dominant):
+    """p [B, N] with each row's dominant column zeroed."""
+    return jnp.where(jnp.arange(p.shape[1])[None, :] == dominant[:, None], jnp.zeros_like(p), p)
 
 
-def _pick(s, local_index):
-    """s[i, local_index[i]] where that index lies in this tile: [B, bs], [B] -> (values [B], inside [B])."""
-    inside = (local_index >= 0) & (local_index < s.shape[1])
-    picked = jnp.take_along_axis(s, jnp.clip(local_index, 0, s.shape[1] - 1)[:, None], axis=1)[:, 0]
-    return jnp.where(inside, picked, jnp.zeros_like(picked)), inside
+def _rows_forward(q, a, center, log_w, t, targets):
+    """One tile of query rows against all anchors: (rest, lse, s_target, dominant), see `_attend`."""
+    s = _scores(q, a - center, log_w, t)
+    dominant = jnp.argmax(s, axis=-1).astype(jnp.int32)
+    lse = jax.nn.logsumexp(s, axis=-1)
+    p_other = _without_dominant(jnp.exp(s - lse[:, None]), dominant)
+    rest = jnp.matmul(p_other, a, precision=_PRECISION) - jnp.sum(p_other, -1, keepdims=True) * a[dominant]
+    return rest, lse, _pick(s, targets), dominant
 
 
-def _rest(p, a_t, dominant_vec, drop):
-    """Σ_j p_j (a_j − a_dominant) over one tile, leaving out column `drop` (the dominant anchor) where valid."""
-    p = jnp.where(jnp.arange(p.shape[1])[None, :] == drop[:, None], jnp.zeros_like(p), p)
-    return jnp.matmul(p, a_t, precision=_PRECISION) - jnp.sum(p, axis=-1, keepdims=True) * dominant_vec
+def _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_target):
+    """Gradients of one tile of query rows: (d_q [rows, D], d_a [N, D], d_log_w [N]).
 
-
-def _attend_forward(q, a, center, log_w, t, targets, block_size):
-    b, d = q.shape
-    if a.shape[0] <= block_size:  # dense: one tile, no loop
-        s = _scores(q, a - center, log_w, t)
-        dominant = jnp.argmax(s, axis=-1).astype(jnp.int32)
-        m = _finite_or_zero(jnp.max(s, axis=-1))
-        p = jnp.exp(s - m[:, None])
-        total = jnp.sum(p, axis=-1)
-        rest = _rest(p, a, a[dominant], dominant) / total[:, None]
-        return rest, m + jnp.log(total), _pick(s, targets)[0], dominant
-
-    def body(carry, tile):
-        m, total, acc, dominant, dominant_vec, s_target = carry
-        a_t, lw_t, start = tile
-        s = _scores(q, a_t - center, lw_t, t)
-        tile_arg = jnp.argmax(s, axis=-1).astype(jnp.int32)
-        tile_max = jnp.max(s, axis=-1)
-        takes_over = tile_max > m
-        new_vec = jnp.where(takes_over[:, None], a_t[tile_arg], dominant_vec)
-        m_safe = _finite_or_zero(jnp.maximum(m, tile_max))
-        rescale = jnp.exp(m - m_safe)
-        p = jnp.exp(s - m_safe[:, None])
-        # Re-base what was accumulated relative to the old dominant anchor onto the new one.
-        acc = (acc + total[:, None] * (dominant_vec - new_vec)) * rescale[:, None]
-        acc = acc + _rest(p, a_t, new_vec, jnp.where(takes_over, tile_arg, -1))
-        total = total * rescale + jnp.sum(p, axis=-1)
-        dominant = jnp.where(takes_over, start + tile_arg, dominant)
-        picked, inside = _pick(s, targets - start)
-        carry = (jnp.maximum(m, tile_max), total, acc, dominant, new_vec, jnp.where(inside, picked, s_target))
-        return carry, None
-
-    zeros = jnp.zeros((b,), q.dtype)
-    init = (jnp.full((b,), -jnp.inf, q.dtype), zeros, jnp.zeros((b, d), q.dtype), jnp.zeros((b,), jnp.int32),
-            jnp.zeros((b, d), q.dtype), zeros)  # fmt: skip
-    (m, total, acc, dominant, _, s_target), _ = lax.scan(body, init, _tiles(a, log_w, block_size))
-    return acc / total[:, None], _finite_or_zero(m) + jnp.log(total), s_target, dominant
-
-
-def _tile_probs(q, a_t, center, lw_t, t, lse, d_out):
-    """Recomputed probabilities [B, bs] and their cotangent d_out·a_j [B, bs] of one anchor tile."""
-    p = jnp.exp(_scores(q, a_t - center, lw_t, t) - lse[:, None])
-    return p, jnp.matmul(d_out, a_t.T, precision=_PRECISION)
-
-
-def _drop_dominant(p, dominant, start):
-    """p with each row's dominant anchor (global index) zeroed, for a tile whose first anchor is `start`."""
-    columns = start + jnp.arange(p.shape[1], dtype=jnp.int32)
-    return jnp.where(columns[None, :] == dominant[:, None], jnp.zeros_like(p), p)
-
-
-def _tile_grads(q, a_t, center, lw_t, t, lse, d_rest, d_lse, delta, dominant, start, probs=None):
-    """Gradients of one anchor tile, flash-attention style.
-
-    Returns (dq part [B, D], da [bs, D], dlw [bs], other mass [B]); the caller scatters −(other mass)·d_rest
-    into the dominant anchors, completing d rest / d a.
-
-    `delta` must be Σ_j P_ij (d_rest_i·a_j) summed from the same recomputed P and d_rest·a_j as here: near a
-    one-hot P the logit gradient P·(d_rest·a_j − delta) is a difference of nearly equal numbers, later scaled by
-    1/t² (10⁶ at t = 1e-3), and only this form makes it vanish exactly. Likewise the value gradient of
-    rest = Σ_{j≠k} w_j (a_j − a_k) is formed from the off-dominant weights, not as P·d_rest − d_rest.
+    rest_i = Σ_{j≠k} P_ij (a_j − a_k) (k = dominant_i) and the logits s_ij = βα q_i·c_j − βα²/2 ‖c_j‖² + log w_j
+    (c = a − center, α = 1 − t, β = 1/t²). With dP_ij = d_rest_i·a_j and δ_i = Σ_j P_ij dP_ij, the logit
+    gradient is P_ij (dP_ij − δ_i + d_lse_i) + [j = T_i] d_target_i; the value gradient of rest leaves the
+    dominant column out instead of cancelling it (P·d_rest − d_rest), which near one-hot P is exact.
     """
     alpha = 1.0 - t
     beta = 1.0 / (t * t)
-    keys = a_t - center
-    p, d_p = _tile_probs(q, a_t, center, lw_t, t, lse, d_rest) if probs is None else probs
+    keys = a - center
+    s = _scores(q, keys, log_w, t)
+    p = jnp.exp(s - jax.nn.logsumexp(s, axis=-1)[:, None])
+    d_p = jnp.matmul(d_rest, a.T, precision=_PRECISION)
+    delta = jnp.sum(p * d_p, axis=-1)
     d_s = p * (d_p - delta[:, None] + d_lse[:, None])
+    d_s = d_s.at[jnp.arange(q.shape[0]), targets].add(d_target)
     col = jnp.sum(d_s, axis=0)
-    p_other = _drop_dominant(p, dominant, start)
+    p_other = _without_dominant(p, dominant)
     d_q = (beta * alpha) * jnp.matmul(d_s, keys, precision=_PRECISION)
     d_a = (
         jnp.matmul(p_other.T, d_rest, precision=_PRECISION)
         + (beta * alpha) * jnp.matmul(d_s.T, q, precision=_PRECISION)
         - (beta * alpha * alpha) * col[:, None] * keys
     )
-    return d_q, d_a, col, jnp.sum(p_other, axis=-1)
+    d_a = d_a.at[dominant].add(-jnp.sum(p_other, axis=-1)[:, None] * d_rest)
+    return d_q, d_a, col
+
+
+def _row_tiles(x, rows):
+    """[B, ...] -> [num_tiles, rows, ...], zero-padded; padding rows are sliced off by the caller."""
+    pad = -x.shape[0] % rows
+    if pad:
+        x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+    return x.reshape((-1, rows) + x.shape[1:])
+
+
+def _untile(x, b):
+    return x.reshape((-1,) + x.shape[2:])[:b]
+
+
+def _attend_forward(q, a, center, log_w, t, targets, block_size):
+    b = q.shape[0]
+    if b <= block_size:
+        return _rows_forward(q, a, center, log_w, t, targets)
+    outs = lax.map(lambda rows: _rows_forward(*rows[:1], a, center, log_w, t, rows[1]),
+                   (_row_tiles(q, block_size), _row_tiles(targets, block_size)))  # fmt: skip
+    return tuple(_untile(x, b) for x in outs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _attend(q, a, center, log_w, t, targets, block_size):
-    """Posterior of the anchors at one point of the flow, tiled over anchors.
+    """Posterior of the anchors at one point of the flow, tiled over query rows.
 
     Args:
       q: [B, D] queries in centred coordinates (x − (1−t)·center). a: [N, D] anchors. center: [D] constant the
         logits are centred on. log_w: [N] log anchor weights (-inf for weight 0). t: scalar time in (0, 1].
-        targets: [B] int anchor index per row. block_size: anchors per tile (static).
+        targets: [B] int anchor index per row. block_size: query rows per tile (static).
     Returns:
       rest [B, D] = Σ_j w_ij (a_j − a_dominant_i)  (so the posterior mean is a[dominant] + rest),
       lse [B] = log Σ_j exp(s_ij), s_target [B] = s_{i, targets_i}, dominant [B] = argmax_j s_ij (int32).
-      s comes from `_scores`; s_target is taken from the same arithmetic as lse, so log w = s_target − lse is
-      exact to rounding (a recomputed logit would differ by the matmul's rounding, scaled by 1/t²).
+      s comes from `_scores`; s_target and lse from the same logits, so log w = s_target − lse is exact to
+      rounding (separately recomputed logits would differ by the matmul's rounding, scaled by 1/t²).
     """
     return _attend_forward(q, a, center, log_w, t, targets, block_size)
 
 
 def _attend_fwd(q, a, center, log_w, t, targets, block_size):
     outputs = _attend_forward(q, a, center, log_w, t, targets, block_size)
-    lse, dominant = outputs[1], outputs[3]
-    return outputs, (q, a, center, log_w, t, targets, lse, dominant)
+    return outputs, (q, a, center, log_w, t, targets, outputs[3])
 
 
 def _attend_bwd(block_size, residuals, cotangents):
-    q, a, center, log_w, t, targets, lse, dominant = residuals
+    q, a, center, log_w, t, targets, dominant = residuals
     d_rest, d_lse, d_target, _ = cotangents
-    n = a.shape[0]
-    if n <= block_size:
-        probs = _tile_probs(q, a, center, log_w, t, lse, d_rest)
-        delta = jnp.sum(probs[0] * probs[1], axis=-1)
-        d_q, d_a, d_lw, other = _tile_grads(q, a, center, log_w, t, lse, d_rest, d_lse, delta, dominant, 0, probs)
-    else:
-        a_tiles, lw_tiles, starts = _tiles(a, log_w, block_size)
+    b = q.shape[0]
+    if b <= block_size:
+        d_q, d_a, d_lw = _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_target)
+        return d_q, d_a, None, d_lw, None, None
 
-        def delta_body(delta, tile):
-            p, d_p = _tile_probs(q, tile[0], center, tile[1], t, lse, d_rest)
-            return delta + jnp.sum(p * d_p, axis=-1), None
+    def tile(carry, rows):
+        d_a, d_lw = carry
+        dq_t, da_t, dlw_t = _rows_backward(rows[0], a, center, log_w, t, *rows[1:])
+        return (d_a + da_t, d_lw + dlw_t), dq_t
 
-        # An extra pass over the tiles for `delta` (see _tile_grads): accuracy near one-hot probabilities is
-        # worth two more matmuls per tile in the backward.
-        delta, _ = lax.scan(delta_body, jnp.zeros_like(lse), (a_tiles, lw_tiles))
-
-        def grad_body(carry, tile):
-            d_q, other = carry
-            a_t, lw_t, start = tile
-            dq_t, da_t, dlw_t, other_t = _tile_grads(q, a_t, center, lw_t, t, lse, d_rest, d_lse, delta, dominant, start)
-            return (d_q + dq_t, other + other_t), (da_t, dlw_t)
-
-        (d_q, other), (d_a, d_lw) = lax.scan(grad_body, (jnp.zeros_like(q), jnp.zeros_like(lse)), (a_tiles, lw_tiles, starts))
-        d_a = d_a.reshape(-1, a.shape[1])[:n]
-        d_lw = d_lw.reshape(-1)[:n]
-    d_a = d_a.at[dominant].add(-other[:, None] * d_rest)
-    # The target logits are s_{i,T_i}: a one-hot logit cotangent, applied by gather/scatter.
-    alpha = 1.0 - t
-    beta = 1.0 / (t * t)
-    keys_t = a[targets] - center
-    d_q = d_q + (beta * alpha) * d_target[:, None] * keys_t
-    d_a = d_a.at[targets].add((beta * alpha) * d_target[:, None] * (q - alpha * keys_t))
-    d_lw = d_lw.at[targets].add(d_target)
-    return d_q, d_a, None, d_lw, None, None
+    # Padding rows carry zero cotangents, so they add nothing to the anchors' gradients.
+    tiles = tuple(_row_tiles(x, block_size) for x in (q, targets, dominant, d_rest, d_lse, d_target))
+    (d_a, d_lw), d_q = lax.scan(tile, (jnp.zeros_like(a), jnp.zeros_like(log_w)), tiles)
+    return _untile(d_q, b), d_a, None, d_lw, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -519,10 +468,19 @@ def _check_common(anchors, num_steps, solver, block_size):
         raise ValueError(f"`block_size` must be a positive int or None; got {block_size!r}.")
 
 
+def _check_weights(weights, anchors):
+    if weights is not None and (getattr(weights, "ndim", None) != 1 or weights.shape[0] != anchors.shape[0]):
+        raise ValueError(
+            f"`weights` must have shape [{anchors.shape[0]}] (one weight per anchor); got "
+            f"{getattr(weights, 'shape', None)}."
+        )
+
+
 def _resolve_block_size(block_size, num_anchors):
+    """Query rows per tile: a [rows, N] tile of logits has about TILE_ENTRIES entries."""
     if block_size is not None:
         return int(block_size)
-    return num_anchors if num_anchors <= DENSE_MAX_ANCHORS else DEFAULT_BLOCK_SIZE
+    return max(8, TILE_ENTRIES // num_anchors)
 
 
 def _compute_dtype(*arrays):
@@ -549,6 +507,7 @@ def latents(
     points: Optional[jax.Array] = None,
     axis_name: Optional[str] = None,
     block_size: Optional[int] = None,
+    weights: Optional[jax.Array] = None,
 ) -> jax.Array:
     """Carries points into their latent zones: the forward flow from t = eps to t = 1.
 
@@ -560,7 +519,10 @@ def latents(
       points: [B, D] starting anchors; default `anchors` (B = N). For label-conditional generation,
         `anchors[labels]`.
       axis_name: mesh axis to gather anchors over when called inside `jax.shard_map`.
-      block_size: anchors per tile; default dense up to 4096 anchors, tiles of 1024 above.
+      block_size: query rows per tile (each tile holds [rows, N] logits); default 2²⁴ / N rows, so batches up
+        to B = N = 4096 run untiled.
+      weights: optional [N] anchor weights as in `assign` (the official flow has none). Weight 0 removes an
+        anchor from the mixture exactly, e.g. the padding rows of an evaluation batch.
     Returns:
       [B, D] latents: the flow started at `eps·prior + (1 − eps)·points`, evaluated at t = 1 (Euler) or
       t = 1 − eps (DPM-Solver++), as the official flows.
@@ -573,10 +535,12 @@ def latents(
         raise ValueError(
             f"`prior` has shape {prior.shape} but `points` has {points.shape}: give one noise row per point."
         )
+    _check_weights(weights, anchors)
     dtype = _compute_dtype(anchors, prior, points)
     own = own_columns(anchors.shape[0], axis_name) if points is anchors else None
     all_anchors = _gather(jnp.asarray(anchors, dtype), axis_name)
-    zones = _make_zones(all_anchors, None, _resolve_block_size(block_size, all_anchors.shape[0]))
+    all_weights = _gather(None if weights is None else jnp.asarray(weights, dtype), axis_name)
+    zones = _make_zones(all_anchors, all_weights, _resolve_block_size(block_size, all_anchors.shape[0]))
     points, prior = jnp.asarray(points, dtype), jnp.asarray(prior, dtype)
     return _forward_flow(zones, points, prior, own, solver=solver, num_steps=num_steps)
 
@@ -605,17 +569,13 @@ def assign(
       targets: [B] int global anchor index per row. When given, only those log-probabilities are returned
         and no [num_steps, B, N] array is built — the path the losses use.
       axis_name: mesh axis to gather anchors over when called inside `jax.shard_map`.
-      block_size: anchors per tile (see `latents`).
+      block_size: query rows per tile (see `latents`).
     Returns:
       (end_points [B, D], log_probs [num_steps, B, N]) — or log_probs [num_steps, B] with `targets`.
     """
     _check_common(anchors, num_steps, solver, block_size)
     _check_matrix("latents", latents, anchors.shape[1])
-    if weights is not None and (getattr(weights, "ndim", None) != 1 or weights.shape[0] != anchors.shape[0]):
-        raise ValueError(
-            f"`weights` must have shape [{anchors.shape[0]}] (one weight per anchor); got "
-            f"{getattr(weights, 'shape', None)}."
-        )
+    _check_weights(weights, anchors)
     if targets is not None and (
         getattr(targets, "shape", None) != latents.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer)
     ):

@@ -43,3 +43,8 @@ def test_nearest_anchor_and_ode_error():
     np.testing.assert_array_equal(losses.nearest_anchor(anchors, ends), [1, 2, 0])
     expected = np.mean([np.hypot(0.1, 0.1) / 3.0, 1.0 / 4.0, 0.0])
     np.testing.assert_allclose(losses.ode_error(anchors, ends), expected, rtol=1e-6)
+
+
+def test_class_weights_leave_out_masked_rows():
+    weights = losses.class_weights(jnp.asarray([0, 2, 2, 3]), 4, mask=jnp.asarray([True, True, False, False]))
+    np.testing.assert_allclose(weights, [0.5, 0.0, 0.5, 0.0])
