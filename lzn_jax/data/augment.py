@@ -10,6 +10,7 @@ GaussianBlur(kernel 23 at 224 px, sigma U[0.1, 2])) with torchvision's formulas 
 the `data.*` config fields.
 """
 
+import functools
 import math
 
 import ml_collections
@@ -43,7 +44,8 @@ def train_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict
 
 def simclr_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:
     """Crop, flip, colour jitter (p), grayscale (p), Gaussian blur (p), in the official order."""
-    crop_seed, flip_seed, jitter_seed, gray_seed, blur_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    crop_seed, flip_seed, jitter_seed, gray_seed, blur_seed = seeds
     size = cfg.image_size
     image = random_resized_crop(
         image, crop_seed, size=size, scale=(cfg.crop_scale_min, cfg.crop_scale_max),
@@ -54,10 +56,12 @@ def simclr_view(image: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDic
         brightness=cfg.jitter_brightness, contrast=cfg.jitter_contrast, saturation=cfg.jitter_saturation,
         hue=cfg.jitter_hue,
     )
-    image = _apply_with_prob(lambda x, s: color_jitter(x, s, **strengths), image, jitter_seed, cfg.jitter_prob)
-    image = _apply_with_prob(lambda x, s: to_grayscale(x), image, gray_seed, cfg.grayscale_prob)
+    image = _apply_with_prob(functools.partial(color_jitter, **strengths), image, jitter_seed, cfg.jitter_prob)
+    image = _apply_with_prob(lambda x, _: to_grayscale(x), image, gray_seed, cfg.grayscale_prob)
     kernel_size = 2 * (int(cfg.blur_kernel_fraction * size) // 2) + 1  # 23 at 224 px, as the official 0.1*224+1
-    blur = lambda x, s: gaussian_blur(x, s, kernel_size=kernel_size, sigma_range=(cfg.blur_sigma_min, cfg.blur_sigma_max))
+    blur = functools.partial(
+        gaussian_blur, kernel_size=kernel_size, sigma_range=(cfg.blur_sigma_min, cfg.blur_sigma_max)
+    )
     return _apply_with_prob(blur, image, blur_seed, cfg.blur_prob)
 
 
@@ -106,12 +110,10 @@ def random_resized_crop(
     any_fits = tf.reduce_any(fits)
     crop_h = tf.cast(tf.where(any_fits, crop_h[first], fallback_h), tf.int32)
     crop_w = tf.cast(tf.where(any_fits, crop_w[first], fallback_w), tf.int32)
-    top = tf.where(
-        any_fits, tf.random.stateless_uniform([], top_seed, 0, hw[0] - crop_h + 1, dtype=tf.int32), (hw[0] - crop_h) // 2
-    )
-    left = tf.where(
-        any_fits, tf.random.stateless_uniform([], left_seed, 0, hw[1] - crop_w + 1, dtype=tf.int32), (hw[1] - crop_w) // 2
-    )
+    random_top = tf.random.stateless_uniform([], top_seed, 0, hw[0] - crop_h + 1, dtype=tf.int32)
+    random_left = tf.random.stateless_uniform([], left_seed, 0, hw[1] - crop_w + 1, dtype=tf.int32)
+    top = tf.where(any_fits, random_top, (hw[0] - crop_h) // 2)
+    left = tf.where(any_fits, random_left, (hw[1] - crop_w) // 2)
     crop = image[top : top + crop_h, left : left + crop_w]
     return tf.ensure_shape(_resize(crop, tf.constant([size, size])), [size, size, image.shape[-1]])
 
@@ -150,7 +152,9 @@ def to_grayscale(image: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(_luma(image), tf.shape(image))
 
 
-def gaussian_blur(image: tf.Tensor, seed: tf.Tensor, *, kernel_size: int, sigma_range: tuple[float, float]) -> tf.Tensor:
+def gaussian_blur(
+    image: tf.Tensor, seed: tf.Tensor, *, kernel_size: int, sigma_range: tuple[float, float]
+) -> tf.Tensor:
     """Separable Gaussian blur, sigma ~ U[sigma_range], odd `kernel_size`, reflected borders (as torchvision)."""
     if kernel_size < 3:
         return image
@@ -184,7 +188,11 @@ def random_affine(
 
 
 def affine_transform(image: tf.Tensor, *, angle: tf.Tensor, zoom: tf.Tensor, shift_xy: tf.Tensor) -> tf.Tensor:
-    """Output pixel p shows input pixel R(-angle) (p - c - shift) / zoom + c, c the image centre; [h, w, c]."""
+    """Output pixel p shows input pixel R(-angle) (p - c - shift) / zoom + c, c the image centre; [h, w, c].
+
+    p = (column, row): a positive angle turns the picture clockwise as displayed, a positive shift moves it
+    right / down.
+    """
     height, width = image.shape[0], image.shape[1]
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom

@@ -32,6 +32,9 @@ def train_batches(
 ) -> Iterator[Batch]:
     """Endless host-local batches from global step `start_step`; see `lzn_jax.data.train_iterator`."""
     steps = steps_per_epoch(source.num_examples("train"), batch_size)  # raises now, not at the first next()
+    to_example = _train_example_fn(
+        source, cfg, seed=seed, batch_size=batch_size, local_batch=local_batch, process_index=process_index
+    )
 
     def epochs():
         epoch, first_step = divmod(start_step, steps)
@@ -40,11 +43,8 @@ def train_batches(
                 seed=seed, epoch=epoch, first_step=first_step, steps=steps, local_batch=local_batch,
                 process_index=process_index, process_count=process_count,
             )
-            to_example = _train_example_fn(
-                source, cfg, seed=seed, first_global_step=epoch * steps + first_step, batch_size=batch_size,
-                local_batch=local_batch, process_index=process_index,
-            )
-            ds = records.enumerate().map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+            first_record = (epoch * steps + first_step) * local_batch  # this host's records before this one
+            ds = records.enumerate(start=first_record).map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
             yield from _batched(ds, local_batch).as_numpy_iterator()
             epoch, first_step = epoch + 1, 0
 
@@ -76,19 +76,20 @@ def eval_batches(
     return _batched(ds, local_batch).as_numpy_iterator()
 
 
-def _train_example_fn(source, cfg, *, seed, first_global_step, batch_size, local_batch, process_index):
-    """(i, record) -> example dict, where i counts this host's records from `first_global_step` on.
+def _train_example_fn(source, cfg, *, seed, batch_size, local_batch, process_index):
+    """(i, record) -> example dict, where i counts this host's records from step 0.
 
     The augmentation seed of view v is split from (seed, global example number), the global example number
     being step * batch_size + position in the global batch: a pure function of (seed, step, position).
+    A `tf.function` so that the graph is traced once, not once per epoch's dataset.
     """
 
+    @tf.function
     def to_example(i, record):
         image, label = source.decode(record)
         image = augment.to_channels(image, cfg.num_channels)
-        step = first_global_step + i // local_batch
-        example_number = step * batch_size + process_index * local_batch + i % local_batch
-        example_seed = tf.stack([tf.constant(seed, tf.int64), example_number])
+        step, position = i // local_batch, process_index * local_batch + i % local_batch
+        example_seed = tf.stack([tf.constant(seed, tf.int64), step * batch_size + position])
         view_seeds = tf.random.experimental.stateless_split(example_seed, cfg.num_views)
         example = {"image": _to_signed(augment.train_view(image, view_seeds[0], cfg)), "label": _label(label, cfg)}
         if cfg.num_views == 2:

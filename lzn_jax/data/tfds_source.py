@@ -40,23 +40,17 @@ class TfdsSource(Source):
         self._builder = prepared_builder(cfg.name, cfg.data_dir)
         info = self._builder.info
         self._splits = {split: cfg[key] for split, key in _SPLIT_KEYS.items()}
-        for split, key in _SPLIT_KEYS.items():
-            try:
-                info.splits[cfg[key]].num_examples
-            except (KeyError, ValueError) as error:
-                raise ValueError(
-                    f"data.{key}={cfg[key]!r} is not a split of {cfg.name}, which has {sorted(info.splits)}: {error}"
-                ) from None
+        self._sizes = {split: _split_size(info, cfg, key) for split, key in _SPLIT_KEYS.items()}
         features = info.features
         if cfg.image_key not in features or not isinstance(features[cfg.image_key], tfds.features.Image):
             raise ValueError(f"data.image_key={cfg.image_key!r} is not an image feature of {cfg.name}: {features}")
         label = features[cfg.label_key] if cfg.label_key in features else None
         self._has_labels = isinstance(label, tfds.features.ClassLabel)
         self.num_classes = label.num_classes if self._has_labels else 1
-        self._channels = features[cfg.image_key].shape[-1] or 3
+        self._channels = 1 if features[cfg.image_key].shape[-1] == 1 else 3  # RGBA and unknown decode as RGB
 
     def num_examples(self, split: str) -> int:
-        return self._builder.info.splits[self._splits[split]].num_examples
+        return self._sizes[split]
 
     def train_records(self, *, seed, epoch, first_step, steps, local_batch, process_index, process_count):
         host_split = tfds.even_splits(self._splits["train"], n=process_count, drop_remainder=True)[process_index]
@@ -89,6 +83,16 @@ class TfdsSource(Source):
             },
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+
+
+def _split_size(info, cfg, key):
+    """Examples in the split named by `cfg[key]` (any TFDS split string, e.g. "train[:90%]")."""
+    try:
+        return info.splits[cfg[key]].num_examples
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"data.{key}={cfg[key]!r} is not a split of {cfg.name}, which has {sorted(info.splits)}: {error}"
+        ) from None
 
 
 def _not_prepared_message(builder, name):
