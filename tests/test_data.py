@@ -1,16 +1,19 @@
-"""Input pipelines: digits split, determinism and resume, hosts, views, evaluation padding, missing data."""
+"""lzn_jax.data: config, the digits source and the source-independent iterator guarantees."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from sklearn import datasets
 
 from lzn_jax import data
-from lzn_jax.data import sources
+from lzn_jax.data import base, digits
 
 
-def digits_config(**augment):
+def digits_cfg(**overrides):
     cfg = data.default_config()
-    cfg.image_size = 16
-    cfg.augment.update(augment)
+    cfg.update(overrides)
     return cfg
 
 
@@ -18,151 +21,195 @@ def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
-def test_digits_split_is_fixed_stratified_and_scaled():
-    train = sources.digits("train", 16, 1)
-    test = sources.digits("test", 16, 1)
-    assert len(train.labels) + len(test.labels) == 1797
-    assert abs(len(test.labels) - 0.2 * 1797) < 1
-    np.testing.assert_allclose(np.bincount(test.labels) / len(test.labels), np.bincount(train.labels) / len(train.labels), atol=0.01)
-    images, labels = data.load_arrays(digits_config(), "test")
-    assert images.shape == (len(test.labels), 16, 16, 1) and images.min() >= -1.0 and images.max() <= 1.0
-    np.testing.assert_array_equal(labels, data.load_arrays(digits_config(), "test")[1])  # same split every time
-    rgb_config = digits_config()
-    rgb_config.num_channels = 3
-    rgb, _ = data.load_arrays(rgb_config, "test")
-    assert rgb.shape[-1] == 3 and np.array_equal(rgb[..., 0], rgb[..., 2])
+def assert_batches_equal(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for key in w:
+            np.testing.assert_array_equal(g[key], w[key], err_msg=key)
 
 
-def test_batches_depend_only_on_seed_and_step_so_resume_is_exact():
-    cfg = digits_config(crop_scale_min=0.5, max_rotate_degrees=15)
-    cfg.num_views = 2
-    straight = take(data.train_iterator(cfg, batch_size=128, seed=3), 14)  # 11 steps per epoch: crosses one
-    resumed = take(data.train_iterator(cfg, batch_size=128, seed=3, start_step=9), 5)
-    for a, b in zip(straight[9:], resumed):
-        for key in ("image", "image2", "label"):
-            np.testing.assert_array_equal(a[key], b[key])
-    other_seed = next(data.train_iterator(cfg, batch_size=128, seed=4))
-    assert not np.array_equal(other_seed["label"], straight[0]["label"])
+def test_default_config_declares_the_data_keys_and_is_valid():
+    cfg = data.default_config()
+    data.validate_config(cfg)
+    required = {
+        "source", "name", "data_dir", "image_size", "num_channels", "num_classes", "num_views", "augmentation",
+        "shuffle_buffer", "train_split", "test_split", "eval_crop_fraction",
+    }
+    assert required <= set(cfg.keys())
+    assert (cfg.source, cfg.num_views) == ("digits", 1)
+    assert data.image_shape(cfg) == (16, 16, 1)
 
 
-def test_epochs_cover_the_training_set_and_reshuffle():
-    cfg = digits_config()
-    n = len(sources.digits("train", 16, 1).labels)
-    steps = n // 100
-    batches = take(data.train_iterator(cfg, batch_size=100, seed=0), 2 * steps)
-    first = np.concatenate([b["image"].reshape(100, -1) for b in batches[:steps]])
-    assert len(np.unique(first, axis=0)) == steps * 100  # no example twice within an epoch
-    assert not np.array_equal(batches[0]["label"], batches[steps]["label"])  # a new order next epoch
+def test_default_config_does_not_import_tensorflow():
+    code = "import sys, lzn_jax.data as d; d.default_config(); print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
-def test_hosts_get_disjoint_rows_of_the_same_global_batch():
-    cfg = digits_config(crop_scale_min=0.7)
-    single = take(data.train_iterator(cfg, batch_size=64, seed=1), 3)
-    host0 = take(data.train_iterator(cfg, batch_size=32, seed=1, process_index=0, process_count=2), 3)
-    host1 = take(data.train_iterator(cfg, batch_size=32, seed=1, process_index=1, process_count=2), 3)
-    for g, a, b in zip(single, host0, host1):
-        np.testing.assert_array_equal(np.concatenate([a["image"], b["image"]]), g["image"])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(source="mnist_csv"), "data.source='mnist_csv'"),
+        (dict(num_views=3), "data.num_views=3"),
+        (dict(image_size=0), "data.image_size=0"),
+        (dict(image_size=-16), "data.image_size=-16"),
+        (dict(num_channels=2), "data.num_channels=2"),
+        (dict(augmentation="autoaugment"), "data.augmentation='autoaugment'"),
+        (dict(eval_crop_fraction=1.5), "data.eval_crop_fraction"),
+        (dict(crop_scale_min=0.9, crop_scale_max=0.5), "data.crop_scale_min=0.9"),
+        (dict(jitter_prob=1.2), "data.jitter_prob"),
+        (dict(train_split="validation"), "data.train_split='validation'"),
+        (dict(num_classes=7), "data.num_classes=7"),
+    ],
+)
+def test_bad_config_values_fail_at_call_naming_the_key(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        data.train_iterator(digits_cfg(**overrides), batch_size=8, seed=0)  # no next(): fails at the call
 
 
-def test_two_views_are_different_augmentations_of_the_same_image():
-    cfg = digits_config(crop_scale_min=0.6, max_rotate_degrees=10)
-    cfg.num_views = 2
-    batch = next(data.train_iterator(cfg, batch_size=64, seed=0))
-    assert batch["image"].shape == batch["image2"].shape == (64, 16, 16, 1)
-    assert np.abs(batch["image"] - batch["image2"]).mean() > 0.05
-    assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
-    plain = next(data.train_iterator(digits_config(), batch_size=64, seed=0))
-    assert "image2" not in plain
+def test_missing_and_unknown_config_keys_are_reported():
+    cfg = digits_cfg()
+    del cfg["shuffle_buffer"]
+    with pytest.raises(ValueError, match="lacks.*shuffle_buffer"):
+        data.validate_config(cfg)
+    cfg = digits_cfg()
+    cfg.image_sise = 16
+    with pytest.raises(ValueError, match="unknown keys.*image_sise"):
+        data.validate_config(cfg)
 
 
-def test_eval_pass_pads_the_last_batch_and_masks_it():
-    cfg = digits_config()
-    n = data.num_examples(cfg, "test")
-    batches = list(data.eval_iterator(cfg, split="test", batch_size=100))
-    assert len(batches) == -(-n // 100)
-    assert sum(int(b["mask"].sum()) for b in batches) == n
-    assert not batches[-1]["mask"][-1] and np.all(batches[-1]["image"][~batches[-1]["mask"]] == 0)
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batch_size=9, process_count=2), "divisible by process_count=2"),
+        (dict(batch_size=8, process_index=2, process_count=2), "process_index=2"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(batch_size=2048), "batch_size=2048 exceeds the 1437 train examples"),
+        (dict(batch_size=8, seed=-1), "seed=-1"),
+        (dict(batch_size=8, start_step=-3), "start_step=-3"),
+    ],
+)
+def test_bad_iterator_arguments_fail_at_call(kwargs, match):
+    kwargs = {"seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        data.train_iterator(digits_cfg(), **kwargs)
+
+
+def test_eval_rejects_source_split_names():
+    with pytest.raises(ValueError, match="split='validation'"):
+        data.eval_iterator(digits_cfg(), split="validation", batch_size=8)
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    labels = datasets.load_digits().target
+    split = digits.split_indices(0.2)
+    assert (len(split["train"]), len(split["test"])) == (1437, 360)
+    assert (data.num_examples(digits_cfg(), "train"), data.num_examples(digits_cfg(), "test")) == (1437, 360)
+    assert not set(split["train"]) & set(split["test"])
+    np.testing.assert_array_equal(np.sort(np.concatenate([split["train"], split["test"]])), np.arange(len(labels)))
+    for k in range(10):
+        assert abs(np.sum(labels[split["test"]] == k) - 0.2 * np.sum(labels == k)) <= 1
+    again = digits.split_indices.__wrapped__(0.2)  # recomputed, not the cached arrays
+    for name in ("train", "test"):
+        np.testing.assert_array_equal(again[name], split[name])
+
+
+def test_eval_images_are_the_digits_scaled_to_minus_one_one():
+    images, labels = data.load_arrays(digits_cfg(image_size=8), "test")
+    raw = datasets.load_digits()
+    test = digits.split_indices(0.2)["test"]
+    np.testing.assert_allclose(images[..., 0], raw.images[test] / 16.0 * 2.0 - 1.0, atol=1e-6)
+    np.testing.assert_array_equal(labels, raw.target[test])
+    assert images.dtype == np.float32 and labels.dtype == np.int32
+
+
+@pytest.mark.parametrize("image_size", [16, 32])
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_train_batches_have_the_configured_shape_and_range(image_size, num_channels):
+    cfg = digits_cfg(image_size=image_size, num_channels=num_channels, augmentation="affine")
+    batch = next(data.train_iterator(cfg, batch_size=32, seed=0))
+    assert set(batch) == {"image", "label"}
+    assert batch["image"].shape == (32, image_size, image_size, num_channels)
+    assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
+    assert batch["image"].min() == -1.0 and 0.9 < batch["image"].max() <= 1.0  # background -1, full ink ~1
+    assert set(batch["label"]) <= set(range(10)) and len(set(batch["label"])) > 3
+    if num_channels == 3:  # grayscale replicated
+        np.testing.assert_array_equal(batch["image"][..., 0], batch["image"][..., 2])
+
+
+def test_two_views_are_different_augmentations_of_the_same_example():
+    batch = next(data.train_iterator(digits_cfg(num_views=2, augmentation="affine"), batch_size=32, seed=0))
+    assert batch["image2"].shape == batch["image"].shape
+    per_example_change = np.abs(batch["image"] - batch["image2"]).mean(axis=(1, 2, 3))
+    assert np.all(per_example_change > 0.01)
+    plain = next(data.train_iterator(digits_cfg(num_views=2), batch_size=32, seed=0))
+    np.testing.assert_array_equal(plain["image"], plain["image2"])  # without augmentation the views coincide
+    np.testing.assert_array_equal(plain["label"], batch["label"])  # same examples: the order does not depend on views
+
+
+def test_resume_at_any_step_yields_the_uninterrupted_batches():
+    cfg = digits_cfg(num_views=2, augmentation="affine")
+    assert data.steps_per_epoch(cfg, batch_size=256) == 5
+    full = take(data.train_iterator(cfg, batch_size=256, seed=3), 12)  # epochs 0, 1 and part of 2
+    for start in (1, 5, 7, 11):
+        resumed = take(data.train_iterator(cfg, batch_size=256, seed=3, start_step=start), 12 - start)
+        assert_batches_equal(resumed, full[start:])
+    assert not np.array_equal(full[0]["label"], full[5]["label"])  # each epoch has its own shuffle
+    other_seed = next(data.train_iterator(cfg, batch_size=256, seed=4))
+    assert not np.array_equal(other_seed["label"], full[0]["label"])
+
+
+def test_epoch_order_is_a_partial_permutation_with_host_blocks():
+    one_host = base.epoch_order(1437, seed=0, epoch=2, local_batch=64, process_count=1)
+    two_hosts = base.epoch_order(1437, seed=0, epoch=2, local_batch=32, process_count=2)
+    assert one_host.shape == (22, 1, 64) and two_hosts.shape == (22, 2, 32)
+    assert len(np.unique(one_host)) == 22 * 64 and one_host.min() >= 0 and one_host.max() < 1437
+    np.testing.assert_array_equal(two_hosts.reshape(22, 64), one_host.reshape(22, 64))
+    assert not set(two_hosts[:, 0].ravel()) & set(two_hosts[:, 1].ravel())
+    next_epoch = base.epoch_order(1437, seed=0, epoch=3, local_batch=64, process_count=1)
+    assert not np.array_equal(next_epoch, one_host)
+
+
+def test_hosts_get_disjoint_halves_of_the_global_batch():
+    cfg = digits_cfg(augmentation="affine")
+    whole = take(data.train_iterator(cfg, batch_size=64, seed=1, start_step=20), 4)  # crosses the epoch end (22)
+    halves = [
+        take(data.train_iterator(cfg, batch_size=64, seed=1, start_step=20, process_index=i, process_count=2), 4)
+        for i in range(2)
+    ]
+    for step, batch in enumerate(whole):
+        first, second = halves[0][step], halves[1][step]
+        assert first["image"].shape[0] == 32
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), batch[key])
+        assert not np.array_equal(first["image"], second["image"])
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_eval_is_one_padded_pass_with_a_mask(process_count):
+    cfg = digits_cfg()
     images, labels = data.load_arrays(cfg, "test")
-    np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]), labels)
-    shares = [list(data.eval_iterator(cfg, split="test", batch_size=64, process_index=p, process_count=2)) for p in (0, 1)]
-    assert len(shares[0]) == len(shares[1])  # hosts step through the same number of batches
-    assert sum(int(b["mask"].sum()) for share in shares for b in share) == n
+    real_images, real_labels = [], []
+    for index in range(process_count):
+        batches = list(
+            data.eval_iterator(cfg, split="test", batch_size=128, process_index=index, process_count=process_count)
+        )
+        local = 128 // process_count
+        assert len(batches) == {1: 3, 2: 3}[process_count]  # ceil(360 / 128); ceil(180 / 64)
+        masks = np.concatenate([b["mask"] for b in batches])
+        assert masks.dtype == bool and masks.sum() == 360 // process_count
+        assert masks[: masks.sum()].all()  # real examples first, padding last
+        last = batches[-1]
+        assert last["image"].shape == (local, 16, 16, 1)
+        assert np.all(last["image"][~last["mask"]] == 0) and np.all(last["label"][~last["mask"]] == 0)
+        real_images += [b["image"][b["mask"]] for b in batches]
+        real_labels += [b["label"][b["mask"]] for b in batches]
+    np.testing.assert_array_equal(np.concatenate(real_images), images)
+    np.testing.assert_array_equal(np.concatenate(real_labels), labels)
 
 
-def test_bad_config_and_missing_data_fail_with_what_to_do(tmp_path):
-    cfg = data.default_config()
-    cfg.source = "csv"
-    with pytest.raises(ValueError, match="data.source='csv'"):
-        data.check(cfg)
-    cfg = data.default_config()
-    cfg.num_views = 3
-    with pytest.raises(ValueError, match="num_views"):
-        data.check(cfg)
-    cfg = data.default_config()
-    cfg.source, cfg.data_dir = "image_folder", str(tmp_path / "afhq")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.check_available(cfg)
-    (tmp_path / "empty").mkdir()
-    cfg.data_dir = str(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="holds no images"):
-        data.check_available(cfg)
-    cfg = data.default_config()
-    cfg.source, cfg.name, cfg.data_dir = "tfds", "imagenet2012", str(tmp_path / "tfds")
-    with pytest.raises(FileNotFoundError, match="downloads/manual"):
-        data.check_available(cfg)
-
-
-def test_tfds_cifar10_in_memory_and_streaming_under_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    with tfds.testing.mock_data(num_examples=40):
-        cfg = data.default_config()
-        cfg.update(dict(source="tfds", name="cifar10", image_size=32, num_channels=3))
-        cfg.augment.flip = True
-        data.check_available(cfg)
-        for in_memory in (True, False):
-            cfg.in_memory = in_memory
-            first = take(data.train_iterator(cfg, batch_size=8, seed=0), 6)  # 5 steps per epoch
-            again = take(data.train_iterator(cfg, batch_size=8, seed=0, start_step=4), 2)
-            assert first[0]["image"].shape == (8, 32, 32, 3)
-            assert first[0]["image"].min() >= -1 and first[0]["image"].max() <= 1
-            for a, b in zip(first[4:], again):
-                np.testing.assert_array_equal(a["image"], b["image"])
-            batches = list(data.eval_iterator(cfg, split="test", batch_size=16))
-            assert sum(int(b["mask"].sum()) for b in batches) == 40
-
-
-def test_tfds_imagenet_two_simclr_views_under_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    with tfds.testing.mock_data(num_examples=12):
-        cfg = data.default_config()
-        cfg.update(dict(source="tfds", name="imagenet2012", image_size=48, num_channels=3, num_views=2,
-                        test_split="validation", eval_resize_ratio=256 / 224))  # fmt: skip
-        cfg.augment.update(dict(crop_scale_min=0.08, flip=True, color_jitter=0.8, hue=0.2, grayscale_prob=0.2,
-                                blur_prob=1.0))  # fmt: skip
-        batch = next(data.train_iterator(cfg, batch_size=4, seed=0))
-        assert batch["image"].shape == batch["image2"].shape == (4, 48, 48, 3)
-        assert np.abs(batch["image"] - batch["image2"]).mean() > 0.01
-        evals = list(data.eval_iterator(cfg, split="validation", batch_size=8))
-        assert evals[0]["image"].shape == (8, 48, 48, 3) and sum(int(b["mask"].sum()) for b in evals) == 12
-
-
-def test_image_folder_source(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 10), ("val", 3)):
-        (tmp_path / split / "cat").mkdir(parents=True)
-        for i in range(count):  # non-square: resized on the shorter side, then centre-cropped
-            pixels = rng.integers(0, 255, size=(40, 30, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / split / "cat" / f"{i:03d}.png")
-    cfg = data.default_config()
-    cfg.update(dict(source="image_folder", data_dir=str(tmp_path), image_size=16, num_channels=3, test_split="val"))
-    cfg.augment.flip = True
-    data.check_available(cfg)
-    assert data.num_examples(cfg, "train") == 10
-    batches = take(data.train_iterator(cfg, batch_size=5, seed=0), 3)
-    assert batches[0]["image"].shape == (5, 16, 16, 3) and np.all(batches[0]["label"] == 0)
-    np.testing.assert_array_equal(take(data.train_iterator(cfg, batch_size=5, seed=0, start_step=2), 1)[0]["image"],
-                                  batches[2]["image"])  # fmt: skip
-    evals = list(data.eval_iterator(cfg, split="val", batch_size=2))
-    assert len(evals) == 2 and sum(int(b["mask"].sum()) for b in evals) == 3
+def test_unconditional_training_zeroes_the_labels():
+    batch = next(data.train_iterator(digits_cfg(num_classes=1), batch_size=32, seed=0))
+    assert np.all(batch["label"] == 0)
+    assert data.num_classes(digits_cfg(num_classes=1)) == 1 and data.num_classes(digits_cfg()) == 10

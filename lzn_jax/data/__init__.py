@@ -1,227 +1,256 @@
-"""Input pipelines: deterministic, resumable, per-host.
+"""Input pipelines: deterministic, host-sharded numpy batches of NHWC float32 images in [-1, 1].
 
-    batches = data.train_iterator(cfg, batch_size=64, seed=0, start_step=0)   # {"image", "label"(, "image2")}
-    for batch in data.eval_iterator(cfg, split="test", batch_size=256): ...   # + "mask" for padding rows
+Public API (every function takes the `config.data` ConfigDict built from `default_config()`):
+  `train_iterator`  endless augmented batches, a pure function of (seed, step): resuming at `start_step=k`
+                    yields exactly the batches an uninterrupted run yields from step k on.
+  `eval_iterator`   one pass over a split, no augmentation, last batch padded, boolean `"mask"`.
+  `load_arrays`     a whole split as two numpy arrays (small datasets: linear probes, notebooks).
+  `num_examples`, `num_classes`, `image_shape`, `steps_per_epoch`.
 
-Images are NHWC float32 in [-1, 1], labels int32. A training batch depends only on (seed, step): in-memory
-sources draw the global batch of a step from a per-epoch permutation and give each host its rows, so the
-global batch does not depend on the number of hosts; streaming sources give every host its own shard,
-shuffled per epoch with a seeded buffer. Augmentation draws come from (seed, step, position in the global
-batch). A resumed run (start_step = k) therefore sees exactly the batches an uninterrupted run sees from step k.
+`batch_size` is always the global batch size; each of `process_count` hosts gets `batch_size // process_count`.
+Splits are named logically, `"train"` or `"test"`; `data.train_split` / `data.test_split` say what they are
+in the source (TFDS split strings, sub-folders of an image folder).
 
-`data.source` picks where examples come from, here and nowhere else: "digits", "tfds", "image_folder".
+TensorFlow (tf.data) is imported on first use, so config files can import `default_config` cheaply.
 """
 
-from __future__ import annotations
-
+import importlib
+import math
 from typing import Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
-from lzn_jax.data import augment, sources
-
-SOURCES = ("digits", "tfds", "image_folder")
-_SEED_SALT = 0x4C5A4E  # keeps the data streams apart from other uses of the run seed
+# The one place a `data.source` string is resolved: source name -> module under lzn_jax/data with `build(cfg)`.
+_SOURCES = {
+    "digits": "lzn_jax.data.digits",
+    "tfds": "lzn_jax.data.tfds_source",
+    "image_folder": "lzn_jax.data.image_folder",
+}
+AUGMENTATIONS = ("none", "flip", "affine", "simclr")
+LOGICAL_SPLITS = ("train", "test")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every data key with its default."""
-    c = ml_collections.ConfigDict()
-    c.source = "digits"
-    c.name = ""  # TFDS dataset name (source="tfds"), e.g. "cifar10", "imagenet2012"
-    c.data_dir = ""  # TFDS data_dir, or the image folder (source="image_folder"); local or gs://
-    c.in_memory = False  # tfds: load the whole split as arrays (small datasets: random access, host-invariant)
-    c.train_split = "train"
-    c.test_split = "test"
-    c.image_size = 16
-    c.num_channels = 1
-    c.num_classes = 10
-    c.num_views = 1  # 2: two independently augmented views ("image", "image2"), case study 2
-    c.shuffle_buffer = 50_000  # streaming sources
-    c.eval_resize_ratio = 1.0  # eval: resize the shorter side to image_size · ratio, then centre-crop (ImageNet 256/224)
-    c.augment = ml_collections.ConfigDict()
-    c.augment.crop_scale_min = 1.0  # RandomResizedCrop area fraction U(min, 1); 1: no crop (resize + centre crop)
-    c.augment.max_rotate_degrees = 0.0
-    c.augment.flip = False  # horizontal flip with probability 1/2
-    c.augment.color_jitter = 0.0  # brightness/contrast/saturation strength (hue separately)
-    c.augment.hue = 0.0
-    c.augment.color_jitter_prob = 0.8
-    c.augment.grayscale_prob = 0.0
-    c.augment.blur_prob = 0.0
-    c.augment.blur_kernel_fraction = 0.1  # kernel = 0.1 · size + 1 (official: 23 at 224)
-    return c
+    """Every data key with its default: the bundled sklearn digits, 16x16 grayscale, no augmentation."""
+    return ml_collections.ConfigDict(
+        {
+            # Where the examples come from.
+            "source": "digits",  # "digits" | "tfds" | "image_folder"
+            "name": "digits",  # TFDS name (e.g. "cifar10", "imagenet2012", "mnist:3.0.1"); a label otherwise
+            "data_dir": "",  # TFDS data dir or image-folder root; local or gs://; "" = TFDS default dir
+            "train_split": "train",  # TFDS split string / sub-folder of data_dir ("" = data_dir itself)
+            "test_split": "test",  # e.g. "validation" for imagenet2012, "val/cat" for AFHQ-Cat
+            "image_key": "image",  # TFDS feature holding the image
+            "label_key": "label",  # TFDS feature holding the class label
+            "digits_test_fraction": 0.2,  # stratified held-out share of digits (seed 0): 1437 train / 360 test
+            # What a batch looks like.
+            "image_size": 16,  # output height = width
+            "num_channels": 1,  # 1 (grayscale) or 3 (RGB; grayscale sources are replicated)
+            "num_classes": 10,  # the dataset's class count, or 1 to train unconditionally (labels all 0)
+            "num_views": 1,  # 2 adds "image2", a second augmented view of the same example
+            "eval_crop_fraction": 1.0,  # eval: resize the shorter side to image_size / this, then center crop
+            "shuffle_buffer": 10_000,  # TFDS only: examples in the shuffle buffer (array sources shuffle fully)
+            # Train augmentation: "none"; "flip" (random horizontal flip, the official generation pipelines);
+            # "affine" (small rotation / translation / zoom, no flip: digits); "simclr" (the official ImageNet
+            # two-view pipeline: random resized crop, flip, colour jitter, grayscale, blur).
+            "augmentation": "none",
+            "affine_max_degrees": 10.0,  # rotation drawn from U[-d, d] degrees
+            "affine_max_translate": 0.1,  # shift drawn from U[-t, t] * image_size per axis
+            "affine_scale_min": 0.9,  # zoom drawn from U[min, max] (>1 zooms in)
+            "affine_scale_max": 1.1,
+            "crop_scale_min": 0.08,  # random resized crop: area fraction U[min, max]
+            "crop_scale_max": 1.0,
+            "crop_ratio_min": 3.0 / 4.0,  # aspect ratio (w / h), log-uniform in [min, max]
+            "crop_ratio_max": 4.0 / 3.0,
+            "jitter_prob": 0.8,  # colour jitter applied with this probability, its four ops in random order
+            "jitter_brightness": 0.8,  # factor U[1 - b, 1 + b]
+            "jitter_contrast": 0.8,
+            "jitter_saturation": 0.8,
+            "jitter_hue": 0.2,  # hue shift U[-h, h] of the colour wheel
+            "grayscale_prob": 0.2,
+            "blur_prob": 1.0,  # the official pipeline blurs every view
+            "blur_sigma_min": 0.1,  # in pixels of the output image
+            "blur_sigma_max": 2.0,
+            "blur_kernel_fraction": 0.1,  # kernel size: the odd number nearest below fraction * image_size + 1
+        }
+    )
 
 
-def check(cfg) -> None:
-    """Config errors and missing data, before any compute."""
-    if cfg.source not in SOURCES:
-        raise ValueError(f"data.source={cfg.source!r} is not a source; use one of {SOURCES}.")
-    if cfg.num_views not in (1, 2):
-        raise ValueError(f"data.num_views must be 1 or 2; got {cfg.num_views}.")
-    if cfg.image_size < 4 or cfg.num_channels not in (1, 3):
-        raise ValueError(f"data.image_size={cfg.image_size} / num_channels={cfg.num_channels}: need size ≥ 4, 1 or 3 channels.")
-    if cfg.source == "tfds" and not cfg.name:
-        raise ValueError("data.source='tfds' needs data.name (e.g. 'cifar10').")
-    if cfg.source == "image_folder" and not cfg.data_dir:
-        raise ValueError("data.source='image_folder' needs data.data_dir (the folder of images).")
+def train_iterator(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless host-local train batches from global step `start_step` on.
 
-
-def check_available(cfg) -> None:
-    """Fails at start, saying what to download and where, when the configured data is not there."""
-    check(cfg)
-    if cfg.source == "tfds":
-        sources.check_tfds(cfg.name, cfg.data_dir, cfg.train_split)
-    elif cfg.source == "image_folder":
-        sources.image_files(sources.folder_split_root(cfg.data_dir, cfg.train_split))
-
-
-def _in_memory(cfg) -> bool:
-    return cfg.source == "digits" or (cfg.source == "tfds" and cfg.in_memory)
-
-
-def load_arrays(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split as numpy arrays (in-memory sources): images [N, H, W, C] in [-1, 1], labels [N]."""
-    check(cfg)
-    if cfg.source == "digits":
-        arrays = sources.digits(split, cfg.image_size, cfg.num_channels)
-    elif _in_memory(cfg):
-        arrays = sources.tfds_arrays(cfg.name, cfg.data_dir, split, cfg.image_size, cfg.num_channels)
-    else:
-        batches = list(eval_iterator(cfg, split=split, batch_size=256))
-        keep = np.concatenate([b["mask"] for b in batches])
-        images = np.concatenate([b["image"] for b in batches])[keep]
-        return images, np.concatenate([b["label"] for b in batches])[keep]
-    return arrays.images * 2.0 - 1.0, arrays.labels
-
-
-def num_examples(cfg, split: str) -> int:
-    if _in_memory(cfg):
-        return len(load_arrays(cfg, split)[1])
-    if cfg.source == "tfds":
-        return sources.tfds_split_size(sources.tfds_builder(cfg.name, cfg.data_dir), split)
-    return len(sources.image_files(sources.folder_split_root(cfg.data_dir, split)))
-
-
-# ------------------------------------------------------------------------------------------- training
-
-
-def _example_seed(seed, step, position):
-    """A stateless seed [2] per (run seed, step, position in the global batch)."""
-    base = tf.stack([tf.constant(seed ^ _SEED_SALT, tf.int64), tf.cast(step, tf.int64)])
-    return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
-
-
-def _views(image, label, seed, cfg):
-    """{"image", "label"(, "image2")} with images in [-1, 1]: each view augmented with its own seed."""
-    out = {"label": label}
-    for v, key in enumerate(("image", "image2")[: cfg.num_views]):
-        view_seed = tf.random.experimental.stateless_fold_in(seed, v)
-        out[key] = augment.augment(image, view_seed, cfg.augment, cfg.image_size) * 2.0 - 1.0
-    return out
-
-
-def _in_memory_train(cfg, batch_size, seed, start_step, process_index, process_count):
-    arrays = load_arrays(cfg, cfg.train_split)
-    images = tf.constant((arrays[0] + 1.0) / 2.0)
-    labels = tf.constant(arrays[1])
-    n, global_batch = len(arrays[1]), batch_size * process_count
-    steps_per_epoch = n // global_batch
-    if steps_per_epoch == 0:
-        raise ValueError(f"The global batch {global_batch} is larger than the {n} training examples of {cfg.source}.")
-
-    def rows_of_step(step):
-        epoch, k = step // steps_per_epoch, step % steps_per_epoch
-        noise = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed ^ _SEED_SALT, tf.int64), -1 - epoch]))
-        permutation = tf.argsort(noise)
-        first = k * global_batch + process_index * batch_size
-        positions = process_index * batch_size + tf.range(batch_size, dtype=tf.int64)
-        indices = permutation[first : first + batch_size]
-        return tf.data.Dataset.from_tensor_slices((indices, tf.fill([batch_size], step), positions))
-
-    def example(index, step, position):
-        return _views(tf.gather(images, index), tf.gather(labels, index), _example_seed(seed, step, position), cfg)
-
-    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-    ds = steps.flat_map(rows_of_step).map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size)
-
-
-def _streaming_train(cfg, batch_size, seed, start_step, process_index, process_count):
-    if cfg.source == "tfds":
-        ds, n = sources.tfds_stream(cfg.name, cfg.data_dir, cfg.train_split, cfg.num_channels, process_index, process_count)
-    else:
-        ds, n = sources.folder_stream(cfg.data_dir, cfg.train_split, cfg.num_channels, process_index, process_count)
-    steps_per_epoch = n // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"The host batch {batch_size} is larger than this host's {n} training examples.")
-    first_epoch, skip = divmod(start_step, steps_per_epoch)
-
-    def epoch_batches(epoch):
-        shuffled = ds.shuffle(cfg.shuffle_buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
-        numbered = shuffled.take(steps_per_epoch * batch_size).enumerate()
-
-        def example(i, pair):
-            step = epoch * steps_per_epoch + i // batch_size
-            position = process_index * batch_size + i % batch_size
-            return _views(pair[0], pair[1], _example_seed(seed, step, position), cfg)
-
-        return numbered.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
-
-    epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
-    return epochs.flat_map(epoch_batches).skip(skip)
-
-
-def train_iterator(cfg, *, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict]:  # fmt: skip
-    """Endless host-local training batches [batch_size, ...] from step `start_step` on."""
-    check(cfg)
-    build = _in_memory_train if _in_memory(cfg) else _streaming_train
-    ds = build(cfg, batch_size, seed, start_step, process_index, process_count)
-    return iter(ds.prefetch(2).as_numpy_iterator())
-
-
-# ------------------------------------------------------------------------------------------- evaluation
-
-
-def _eval_examples(cfg, split, process_index, process_count):
-    """(dataset of (image in [-1, 1] at image_size, label), count) of this host's share of a split."""
-    if _in_memory(cfg):
-        images, labels = load_arrays(cfg, split)
-        share = np.array_split(np.arange(len(labels)), process_count)[process_index]
-        return tf.data.Dataset.from_tensor_slices((images[share], labels[share])), len(share)
-    if cfg.source == "tfds":
-        ds, n = sources.tfds_stream(cfg.name, cfg.data_dir, split, cfg.num_channels, process_index, process_count)
-    else:
-        ds, n = sources.folder_stream(cfg.data_dir, split, cfg.num_channels, process_index, process_count)
-    size, ratio = cfg.image_size, cfg.eval_resize_ratio
-    resize_to = int(round(size * ratio))
-    def prepare(x, y):
-        image = tf.ensure_shape(augment.resize_center_crop(x, size, resize_to), [size, size, cfg.num_channels])
-        return image * 2.0 - 1.0, y
-
-    return ds.map(prepare), n
-
-
-def eval_iterator(cfg, *, split: str, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-    """One pass over this host's share of `split`, no augmentation; the last batch padded, "mask" marks real rows.
-
-    Every host yields the same number of batches (hosts with fewer examples pad more), as multi-host
-    collectives need.
+    Yields `{"image": [b, H, W, C] float32 in [-1, 1], "label": [b] int32}` (+ `"image2"` when
+    `num_views == 2`), b = batch_size // process_count. Each epoch is a fresh shuffle seeded by (seed, epoch)
+    and holds `steps_per_epoch` steps (the remainder is dropped); augmentation seeds come from (seed, step,
+    position in the global batch, view). Missing data raises here, before the first batch.
     """
-    check(cfg)
-    ds, n = _eval_examples(cfg, split, process_index, process_count)
-    most = -(-num_examples(cfg, split) // process_count)  # the largest share decides the number of batches
-    num_batches = -(-most // batch_size)
-    batches = ds.batch(batch_size).as_numpy_iterator()
-    for _ in range(num_batches):
-        batch = next(batches, None)
-        images, labels = (batch if batch is not None else (np.zeros((0,)), np.zeros((0,), np.int32)))
-        real = len(labels)
-        if real < batch_size:
-            shape = (batch_size - real, cfg.image_size, cfg.image_size, cfg.num_channels)
-            images = np.concatenate([np.asarray(images, np.float32).reshape((real,) + shape[1:]), np.zeros(shape, np.float32)])
-            labels = np.concatenate([labels.astype(np.int32), np.zeros(batch_size - real, np.int32)])
-        mask = np.arange(batch_size) < real
-        yield {"image": np.asarray(images, np.float32), "label": np.asarray(labels, np.int32), "mask": mask}
+    _check_int(seed, "seed", minimum=0)
+    _check_int(start_step, "start_step", minimum=0)
+    local_batch = _local_batch_size(batch_size, process_index, process_count)
+    source = _build_source(data_cfg)
+    return _pipeline().train_batches(
+        source, data_cfg, batch_size=batch_size, local_batch=local_batch, seed=seed, start_step=start_step,
+        process_index=process_index, process_count=process_count,
+    )
+
+
+def eval_iterator(
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    split: str,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One deterministic pass over `split` ("train" or "test"), no augmentation.
+
+    Yields `{"image": [b, H, W, C], "label": [b], "mask": [b] bool}`; padding rows are zeros with mask False.
+    Every host yields the same number of batches, ceil(ceil(N / process_count) / b).
+    """
+    _check_split(split)
+    local_batch = _local_batch_size(batch_size, process_index, process_count)
+    source = _build_source(data_cfg)
+    return _pipeline().eval_batches(
+        source, data_cfg, split=split, local_batch=local_batch,
+        process_index=process_index, process_count=process_count,
+    )
+
+
+def load_arrays(data_cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The whole split in memory: images [N, H, W, C] float32 in [-1, 1], labels [N] int32 (eval order)."""
+    images, labels = [], []
+    for batch in eval_iterator(data_cfg, split=split, batch_size=512):
+        images.append(batch["image"][batch["mask"]])
+        labels.append(batch["label"][batch["mask"]])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def num_examples(data_cfg: ml_collections.ConfigDict, split: str) -> int:
+    """Examples in the whole `split` ("train" or "test"), over all hosts."""
+    _check_split(split)
+    return _build_source(data_cfg).num_examples(split)
+
+
+def num_classes(data_cfg: ml_collections.ConfigDict) -> int:
+    """Classes the labels take: `data.num_classes`, checked against the dataset (1 = unconditional)."""
+    _build_source(data_cfg)
+    return data_cfg.num_classes
+
+
+def image_shape(data_cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(H, W, C) of every image in a batch."""
+    validate_config(data_cfg)
+    return (data_cfg.image_size, data_cfg.image_size, data_cfg.num_channels)
+
+
+def steps_per_epoch(data_cfg: ml_collections.ConfigDict, *, batch_size: int) -> int:
+    """Train steps in one epoch of global batches of `batch_size` (the remainder of each epoch is dropped)."""
+    _check_positive_int(batch_size, "batch_size")
+    return _pipeline().steps_per_epoch(_build_source(data_cfg).num_examples("train"), batch_size)
+
+
+def validate_config(data_cfg: ml_collections.ConfigDict) -> None:
+    """Raises a ValueError naming the first bad or missing `config.data` key."""
+    expected, given = set(default_config().keys()), set(data_cfg.keys())
+    if expected - given:
+        raise ValueError(f"config.data lacks {sorted(expected - given)}; build it from lzn_jax.data.default_config().")
+    if given - expected:
+        raise ValueError(f"config.data has unknown keys {sorted(given - expected)}; known: {sorted(expected)}.")
+    c = data_cfg
+    if c.source not in _SOURCES:
+        raise ValueError(f"data.source={c.source!r} is unknown; choose one of {sorted(_SOURCES)}.")
+    if c.augmentation not in AUGMENTATIONS:
+        raise ValueError(f"data.augmentation={c.augmentation!r} is unknown; choose one of {AUGMENTATIONS}.")
+    _check_positive_int(c.image_size, "data.image_size")
+    _check_positive_int(c.num_classes, "data.num_classes")
+    _check_positive_int(c.shuffle_buffer, "data.shuffle_buffer")
+    _check_choice(c.num_channels, "data.num_channels", (1, 3))
+    _check_choice(c.num_views, "data.num_views", (1, 2))
+    _check_interval(c.eval_crop_fraction, "data.eval_crop_fraction", 0.0, 1.0, closed_low=False)
+    _check_interval(c.digits_test_fraction, "data.digits_test_fraction", 0.0, 1.0, closed_low=False, closed_high=False)
+    for key in ("jitter_prob", "grayscale_prob", "blur_prob", "blur_kernel_fraction"):
+        _check_interval(c[key], f"data.{key}", 0.0, 1.0)
+    for key in ("jitter_brightness", "jitter_contrast", "jitter_saturation"):
+        _check_interval(c[key], f"data.{key}", 0.0, 1.0)
+    _check_interval(c.jitter_hue, "data.jitter_hue", 0.0, 0.5)
+    _check_interval(c.affine_max_degrees, "data.affine_max_degrees", 0.0, 180.0)
+    _check_interval(c.affine_max_translate, "data.affine_max_translate", 0.0, 1.0)
+    _check_range(c, "affine_scale", 0.0, math.inf)
+    _check_range(c, "crop_scale", 0.0, 1.0)
+    _check_range(c, "crop_ratio", 0.0, math.inf)
+    _check_range(c, "blur_sigma", 0.0, math.inf)
+
+
+def _build_source(data_cfg):
+    """Validates the config and opens its source; a missing dataset raises here with what to download where."""
+    validate_config(data_cfg)
+    _pipeline()  # configures TensorFlow before any source touches it
+    source = importlib.import_module(_SOURCES[data_cfg.source]).build(data_cfg)
+    if data_cfg.num_classes not in (1, source.num_classes):
+        raise ValueError(
+            f"data.num_classes={data_cfg.num_classes}, but {data_cfg.source} {data_cfg.name!r} has "
+            f"{source.num_classes} classes; set data.num_classes={source.num_classes} (or 1 for unconditional)."
+        )
+    return source
+
+
+def _pipeline():
+    # Deferred so that importing this package (e.g. for `default_config`) does not load TensorFlow.
+    return importlib.import_module("lzn_jax.data.pipeline")
+
+
+def _local_batch_size(batch_size, process_index, process_count):
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(process_count, "process_count")
+    if not (isinstance(process_index, (int, np.integer)) and 0 <= process_index < process_count):
+        raise ValueError(f"process_index={process_index!r} must be an int in [0, process_count={process_count}).")
+    if batch_size % process_count:
+        raise ValueError(
+            f"batch_size={batch_size} (global) must be divisible by process_count={process_count}; "
+            f"use a multiple of {process_count}."
+        )
+    return batch_size // process_count
+
+
+def _check_split(split):
+    if split not in LOGICAL_SPLITS:
+        raise ValueError(f"split={split!r} must be one of {LOGICAL_SPLITS} (data.train_split / data.test_split).")
+
+
+def _check_int(value, name, *, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an int >= {minimum}.")
+
+
+def _check_positive_int(value, name):
+    _check_int(value, name, minimum=1)
+
+
+def _check_choice(value, name, choices):
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name}={value!r} must be one of {choices}.")
+
+
+def _check_interval(value, name, low, high, *, closed_low=True, closed_high=True):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (low <= value if closed_low else low < value) and (value <= high if closed_high else value < high)
+    if not ok:
+        brackets = ("[" if closed_low else "(") + f"{low}, {high}" + ("]" if closed_high else ")")
+        raise ValueError(f"{name}={value!r} must be a number in {brackets}.")
+
+
+def _check_range(cfg, prefix, low, high):
+    lo, hi = cfg[f"{prefix}_min"], cfg[f"{prefix}_max"]
+    _check_interval(lo, f"data.{prefix}_min", low, high, closed_low=False)
+    _check_interval(hi, f"data.{prefix}_max", low, high, closed_low=False)
+    if lo > hi:
+        raise ValueError(f"data.{prefix}_min={lo} must not exceed data.{prefix}_max={hi}.")
