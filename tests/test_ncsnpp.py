@@ -1,13 +1,18 @@
 """NCSN++ encoder/decoder: shapes, options, initialisation, dtype, dropout, FIR resampling."""
 
+import importlib.util
 import itertools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lzn_jax import models
 from lzn_jax.models import layers, layerspp, ncsnpp
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TINY = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
 
@@ -252,3 +257,44 @@ def test_timestep_embedding_layout():
     np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
     freqs = np.exp(-np.log(10000) * np.arange(4) / 3)
     np.testing.assert_allclose(emb[1], np.concatenate([np.sin(10 * freqs), np.cos(10 * freqs)]), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The architectures of configs/ have the official parameter counts (traced with eval_shape: nothing allocated).
+
+PINNED_COUNTS = {  # config: (encoder, decoder)
+    "joint_cifar10": (49_790_260, 61_911_939),
+    "gen_cifar10": (49_790_260, 61_906_819),
+    "gen_afhq_cat": (87_768_896, 65_676_949),
+    "gen_celebahq": (87_768_896, 65_676_949),
+    "gen_lsun_bedroom": (87_768_896, 65_676_949),
+}
+
+
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def count_params(model, *args) -> int:
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_COUNTS))
+def test_config_models_build_with_official_parameter_counts(name):
+    config = load_config(name)
+    size, channels = config.data.image_size, config.data.num_channels
+    images = jnp.zeros((1, size, size, channels))
+    encoder, decoder = models.build(config.encoder), models.build(config.decoder)
+    assert isinstance(encoder, ncsnpp.NCSNPPEncoder) and isinstance(decoder, ncsnpp.NCSNPPDecoder)
+    assert encoder.latent_dim == decoder.latent_dim == config.latent_dim
+    num_classes = decoder.num_classes
+    label = jnp.zeros((1, num_classes)) if num_classes else None
+    counts = (
+        count_params(encoder, images),
+        count_params(decoder, jnp.zeros((1, config.latent_dim)), label, jnp.full((1,), 0.5), images),
+    )
+    assert counts == PINNED_COUNTS[name]
