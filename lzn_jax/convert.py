@@ -82,11 +82,11 @@ class Layout:
 # Layouts of the official modules (the order of `all_modules` is the order of the official constructors).
 
 
-def _has_attention(model: ncsnpp._NCSNPPTrunk, resolution: int) -> bool:
+def _has_attention(model: ncsnpp.NCSNPPTrunk, resolution: int) -> bool:
     return resolution in tuple(model.attn_resolutions)
 
 
-def _trunk_names(model: ncsnpp._NCSNPPTrunk, image_size: int) -> tuple[list[str], list[int]]:
+def _trunk_names(model: ncsnpp.NCSNPPTrunk, image_size: int) -> tuple[list[str], list[int]]:
     """Flax names of the contracting path in official `all_modules` order, and the resolution of every skip."""
     names, skip_res = ["conv_in"], [image_size]
     num_levels = len(model.ch_mult)

@@ -157,6 +157,16 @@ def test_default_init_is_fan_avg_uniform():
     np.testing.assert_allclose(float(jnp.var(nin)), 0.1 / 16, rtol=0.3)
 
 
+def test_group_norm_is_accurate_for_groups_with_a_large_mean():
+    """Two-pass statistics, as torch: E[x²] − E[x]² would cancel catastrophically here."""
+    x = 50.0 + 0.01 * np.random.default_rng(0).standard_normal((2, 4, 4, 16)).astype(np.float32)
+    norm = layers.group_norm(16)  # 4 groups of 4 channels
+    out = norm.apply(norm.init(jax.random.key(0), x), x)
+    g = x.reshape(2, 4, 4, 4, 4).astype(np.float64)
+    mean, var = g.mean(axis=(1, 2, 4), keepdims=True), g.var(axis=(1, 2, 4), keepdims=True)
+    np.testing.assert_allclose(out, ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape), atol=2e-3)
+
+
 def test_fourier_frequencies_are_a_frozen_parameter():
     decoder = ncsnpp.NCSNPPDecoder(latent_dim=5, num_classes=3, embedding_type="fourier", fourier_scale=16.0, **TINY)
     shapes = jax.eval_shape(lambda: decoder.init(jax.random.key(0), *_decoder_args()))["params"]

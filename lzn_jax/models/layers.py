@@ -123,9 +123,17 @@ def dense(
 
 
 def group_norm(num_channels: int, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name=None):
-    """NCSN++'s GroupNorm: min(C // 4, 32) groups, eps 1e-6."""
+    """NCSN++'s GroupNorm: min(C // 4, 32) groups, eps 1e-6.
+
+    Two-pass variance (as torch) rather than E[x²] − E[x]², which loses precision when groups have small spread.
+    """
     return nn.GroupNorm(
-        num_groups=min(num_channels // 4, 32), epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, name=name
+        num_groups=min(num_channels // 4, 32),
+        epsilon=1e-6,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
     )
 
 

@@ -42,8 +42,8 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{field}={value!r} is not supported; use one of {choices}.")
 
 
-class _NCSNPPTrunk(nn.Module):
-    """Architecture fields shared by encoder and decoder, and the contracting path they both run.
+class NCSNPPTrunk(nn.Module):
+    """Base class: architecture fields shared by encoder and decoder, and the contracting path they both run.
 
     Defaults are the CIFAR-10 architecture of the official configs (case studies 1 and 3).
     """
@@ -177,7 +177,7 @@ class _LatentHead(nn.Module):
         return h
 
 
-class NCSNPPEncoder(_NCSNPPTrunk, kw_only=True):
+class NCSNPPEncoder(NCSNPPTrunk, kw_only=True):
     """Image -> anchor: `enc.apply({"params": p}, x [B, H, W, C], train=bool) -> [B, latent_dim]`.
 
     Runs the contracting path without time conditioning and, at every skip activation (and the middle block's
@@ -220,7 +220,7 @@ class NCSNPPEncoder(_NCSNPPTrunk, kw_only=True):
         return anchor.astype(self.dtype)
 
 
-class NCSNPPDecoder(_NCSNPPTrunk, kw_only=True):
+class NCSNPPDecoder(NCSNPPTrunk, kw_only=True):
     """Rectified-flow velocity network: `dec.apply({"params": p}, latent, label, t, xt, train=bool) -> [B, H, W, C]`.
 
     Inputs: `latent [B, latent_dim]` (None only when `latent_dim == 0`), `label [B, num_classes]` one-hot (None
@@ -228,7 +228,8 @@ class NCSNPPDecoder(_NCSNPPTrunk, kw_only=True):
     The time embedding (sinusoidal of 999·t with `nf` dims, or Gaussian Fourier features of log(999·t) with
     `2·nf` dims) is concatenated after latent and label (only if `time_conditional`), and two Dense layers
     (`nf·4` wide, activation between) turn that into the vector every residual block is conditioned on.
-    `scale_by_sigma` (Fourier only, as upstream configs use it) divides the output by 999·t.
+    `scale_by_sigma` (Fourier only, as upstream configs use it) divides the output by 999·t. Both take log/1/t,
+    so t must stay away from 0 with Fourier features, as upstream's samplers ensure (t >= 1e-3).
     """
 
     latent_dim: int
@@ -331,9 +332,8 @@ class NCSNPPDecoder(_NCSNPPTrunk, kw_only=True):
         top = level == len(self.ch_mult) - 1
         if self.progressive == "output_skip":
             branch = act(layers.group_norm(h.shape[-1], name=f"up{level}_pyramid_norm", **kw)(h))
-            branch = layers.conv3x3(out_channels, init_scale=self.init_scale, name=f"up{level}_pyramid_conv", **kw)(
-                branch
-            )
+            conv = layers.conv3x3(out_channels, init_scale=self.init_scale, name=f"up{level}_pyramid_conv", **kw)
+            branch = conv(branch)
             if top:
                 return h, branch
             pyramid = layerspp.Upsample(fir=self.fir, fir_kernel=self.fir_kernel, **kw)(pyramid)
@@ -343,7 +343,11 @@ class NCSNPPDecoder(_NCSNPPTrunk, kw_only=True):
             branch = act(layers.group_norm(h.shape[-1], name=f"up{level}_pyramid_norm", **kw)(h))
             return h, layers.conv3x3(h.shape[-1], name=f"up{level}_pyramid_conv", **kw)(branch)
         pyramid = layerspp.Upsample(
-            out_ch=h.shape[-1], with_conv=True, fir=self.fir, fir_kernel=self.fir_kernel, name=f"up{level}_pyramid_up",
+            out_ch=h.shape[-1],
+            with_conv=True,
+            fir=self.fir,
+            fir_kernel=self.fir_kernel,
+            name=f"up{level}_pyramid_up",
             **kw,
         )(pyramid)
         pyramid = layerspp.merge_skip(pyramid, h, self.skip_rescale)

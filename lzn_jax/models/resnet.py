@@ -45,6 +45,7 @@ def _norm(*, name: str, zero_scale: bool = False, dtype: Dtype, param_dtype: Dty
     return nn.GroupNorm(
         num_groups=32,
         epsilon=1e-5,
+        use_fast_variance=False,  # two-pass variance, as torch
         scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
         dtype=dtype,
         param_dtype=param_dtype,
