@@ -1,0 +1,45 @@
+"""Task compositions: each task is one pure loss over the module-keyed params, plus what its evals need.
+
+A task object holds the Flax module definitions and the numbers its loss uses (no params, no state):
+
+- `modules`: the params dict keys it trains, e.g. ("encoder", "decoder", "label_anchors").
+- `init(rng, batch) -> params`: shape-first friendly (works under `jax.eval_shape`).
+- `noise(rng, batch) -> dict`: every random draw of a step for the *global* batch, one row per example, so a
+  step's randomness does not depend on how the batch is split over devices.
+- `loss(params, batch, noise, rng, *, axis_name) -> (loss, metrics)`: runs on one device's rows inside
+  `jax.shard_map` (axis_name given) or on the whole batch (None); loss and metrics are averaged over devices.
+
+Tasks are looked up by the config's `task` string here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lzn_jax.tasks import generation, representation, simclr
+
+_TASKS = {
+    "generation": generation.GenerationTask,
+    "representation": representation.RepresentationTask,
+    "simclr": simclr.SimCLRTask,
+}
+
+
+def build(config: ml_collections.ConfigDict):
+    """The task object the config composes."""
+    if config.task not in _TASKS:
+        raise ValueError(f"config.task={config.task!r} is not a task; use one of {sorted(_TASKS)}.")
+    return _TASKS[config.task].from_config(config)
+
+
+def model_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+    """{module: complete model section} of the modules the composition has — what `models.build` takes.
+
+    Fields the composition determines (latent sizes, label inputs) are filled in from the config.
+    """
+    return _TASKS[config.task].model_configs(config)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Task-specific checks (which modules must be present), before anything is built."""
+    _TASKS[config.task].check_config(config)

@@ -1,0 +1,67 @@
+"""Small pieces shared by the task compositions."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import ml_collections
+import jax.numpy as jnp
+from jax import lax
+
+from lzn_jax import models
+
+
+def complete_section(section, where: str, **composition) -> ml_collections.ConfigDict:
+    """A model section with the fields its composition determines (e.g. a decoder's latent_dim is the config's
+    latent_dim when there is an image encoder, else 0): filled in when the section omits them, checked when it
+    sets them."""
+    fields = dict(section)
+    for key, value in composition.items():
+        if key in fields and fields[key] != value:
+            raise ValueError(
+                f"config.{where}.{key}={fields[key]!r} does not fit the composition, which needs {value!r}: "
+                f"remove the field (it is derived) or set it to {value!r}."
+            )
+        fields[key] = value
+    return ml_collections.ConfigDict(fields)
+
+
+def build_module(section, dtype: str) -> nn.Module:
+    """The module of a complete model section, computing in `dtype` unless the section says otherwise."""
+    fields = dict(section)
+    fields.setdefault("dtype", dtype)
+    return models.build(fields)
+
+
+def require(config, *sections: str, task: str) -> None:
+    for section in sections:
+        if not config[section].get("name"):
+            raise ValueError(
+                f"task={task!r} needs config.{section}.name (one of {models.names()}); it is empty."
+            )
+
+
+def device_key(rng: jax.Array, axis_name: Optional[str]) -> jax.Array:
+    """A per-device key for dropout (folded with the device index along `axis_name`)."""
+    return rng if axis_name is None else jax.random.fold_in(rng, lax.axis_index(axis_name))
+
+
+def device_mean(tree, axis_name: Optional[str]):
+    """Average of per-device scalars; every device holds the same number of rows, so this is the global mean."""
+    return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def gather(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
+    return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
+
+
+def init_variables(module: nn.Module, rng: jax.Array, *args, **kwargs):
+    """`module.init` with params and dropout streams; returns the params collection."""
+    params_rng, dropout_rng = jax.random.split(rng)
+    return module.init({"params": params_rng, "dropout": dropout_rng}, *args, train=False, **kwargs)["params"]
+
+
+def one_hot(labels: jax.Array, num_classes: int) -> jax.Array:
+    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
