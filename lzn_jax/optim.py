@@ -7,6 +7,10 @@
 - Modules are frozen after their own number of steps: their gradients are left out of the clip and their
   params, Adam state and EMA stop changing, as when the official trainer sets `requires_grad=False`.
 - EMA per module: decay_n = min(decay, (1 + n) / (10 + n)), n counting that module's updates.
+
+The functions take `{module: params}` dicts; the train step passes each module's parameters raveled into one
+vector (`flatten`), which keeps the update to a few large element-wise kernels instead of thousands of small
+ones — the difference between seconds and minutes of XLA compile time on CPU for NCSN++.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
 
@@ -36,6 +41,16 @@ def make_optimizer(optim_cfg, modules: tuple[str, ...]) -> optax.GradientTransfo
         for m in modules
     }
     return optax.multi_transform(transforms, {m: m for m in modules})
+
+
+def flatten(tree_by_module: Mapping[str, object]):
+    """{module: pytree} -> ({module: 1-D vector}, {module: unravel function})."""
+    pairs = {m: jax.flatten_util.ravel_pytree(t) for m, t in tree_by_module.items()}
+    return {m: v for m, (v, _) in pairs.items()}, {m: u for m, (_, u) in pairs.items()}
+
+
+def unflatten(vectors: Mapping[str, jax.Array], unravel: Mapping[str, object]) -> dict:
+    return {m: unravel[m](v) for m, v in vectors.items()}
 
 
 def trainable(step: jax.Array, module_steps: Mapping[str, int], modules: tuple[str, ...]) -> dict[str, jax.Array]:

@@ -1,0 +1,142 @@
+"""The base config: every key lzn_jax reads, with its default. Config files start from `base_config()`.
+
+A config file is a plain `get_config()` returning a ConfigDict; `python -m lzn_jax.main --config=FILE` locks it,
+so a misspelled override fails instead of being silently ignored (`check` adds the nearest valid key).
+Model sections are flat `{name: <registry key>, **module fields}` dicts (see `lzn_jax.models.build`); an empty
+`name` means the composition has no such module.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+import ml_collections
+
+from lzn_jax import data as data_lib
+
+MODULES = ("encoder", "decoder", "label_anchors")  # the parameter groups; each gets its own lr, EMA, schedule
+TASKS = ("generation", "representation", "simclr")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task = "generation"  # which composition of encoders/decoders is trained (lzn_jax.tasks)
+    c.seed = 0
+    c.batch_size = 128  # global, over all devices and hosts
+    c.num_train_steps = 1000
+    c.log_every_steps = 50
+    c.eval_every_steps = 1000  # default schedule of the evaluators in `evals`
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.max_consecutive_skips = 50  # this many non-finite steps in a row stop the run
+    c.latent_dim = 200
+    c.num_classes = 10
+    c.conditional = False  # generation: label anchors + one-hot label into the decoder
+
+    c.data = data_lib.default_config()
+
+    # Model sections: `name` is a key of lzn_jax.models; the other fields go to the module unchanged.
+    c.encoder = ml_collections.ConfigDict({"name": ""})
+    c.decoder = ml_collections.ConfigDict({"name": ""})
+    c.label_anchors = ml_collections.ConfigDict({"name": ""})
+
+    c.zoning = ml_collections.ConfigDict()
+    c.zoning.solver = "dpm_solver++"  # image encoder → latent (case studies 1, 3); case study 2 uses "euler"
+    c.zoning.num_steps = 20
+    c.zoning.prior_scale = 1.0  # case study 2: 0.45
+    c.zoning.label_solver = "euler"
+    c.zoning.label_num_steps = 100
+    c.zoning.cutoff = 0.2  # fraction of early reverse-flow steps the losses ignore
+    c.zoning.block_size = 0  # anchors per kernel tile; 0 = automatic (dense up to 4096 anchors)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.recon = 1.0  # rectified-flow L2 weight (official recon_loss_coe)
+    c.loss.label = 1.0  # case study 3 label loss weight
+    c.loss.prob = 0.0  # case study 2: weight of −mean max P
+    c.loss.cross_entropy = 1.0  # case study 2: weight of −mean log max P
+    c.loss.temperature = 0.5  # simclr: NT-Xent temperature
+
+    c.rf = ml_collections.ConfigDict()
+    c.rf.t_eps = 1e-3  # training times t ~ U[eps, 1); samplers integrate over [eps, 1]
+    c.rf.euler_steps = 10  # the Euler sampler's steps (official "euler10")
+    c.rf.rk45_rtol = 1e-5
+    c.rf.rk45_atol = 1e-5
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = ml_collections.ConfigDict({m: 1e-4 for m in MODULES})  # Adam learning rate per module
+    c.optim.warmup_steps = 5000  # linear warm-up from lr / warmup_steps (official LinearLR(1/5000, 1, 5000))
+    c.optim.grad_clip = 1.0  # global gradient norm over all modules
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+
+    c.ema = ml_collections.ConfigDict({m: 0.9999 for m in MODULES})  # decay; min(decay, (1+n)/(10+n)) per module
+    c.module_steps = ml_collections.ConfigDict({m: -1 for m in MODULES})  # train a module this many steps; -1: all
+
+    c.evals = ml_collections.ConfigDict()  # name -> {every_steps, ...evaluator kwargs}; see lzn_jax.evaluators
+    c.eval_batch_size = 256
+    c.eval_use_ema = True
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices along the data axis; -1 = all
+    c.mesh.fsdp = False  # shard params and optimizer state over the data axis
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.path = ""  # restore params/EMA from this checkpoint dir (e.g. from lzn_jax.convert) at start
+
+    c.dtype = "float32"  # compute dtype of the networks (bfloat16 on TPU); params stay float32
+    return c
+
+
+def override(config: ml_collections.ConfigDict, **updates: Any) -> ml_collections.ConfigDict:
+    """Sets dotted keys (`override(c, **{"data.image_size": 16})`), with the nearest-key error of `check`."""
+    for dotted, value in updates.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = _child(node, part, dotted)
+        _child(node, leaf, dotted)
+        node[leaf] = value
+    return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Validates a config before any compute starts; raises ValueError naming the key and the fix."""
+    known = set(base_config().keys())
+    for key in config.keys():
+        if key not in known:
+            raise ValueError(_unknown_key_message(key, known, "config"))
+    data_lib.validate_config(config.data)
+    if config.task not in TASKS:
+        raise ValueError(f"config.task={config.task!r} is not a task; use one of {TASKS}.")
+    _positive(config, ("batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps", "latent_dim"))
+    if config.zoning.solver not in ("euler", "dpm_solver++") or config.zoning.label_solver not in ("euler", "dpm_solver++"):
+        raise ValueError("config.zoning.solver and label_solver must be 'euler' or 'dpm_solver++'.")
+    if not 0.0 <= config.zoning.cutoff < 1.0:
+        raise ValueError(f"config.zoning.cutoff={config.zoning.cutoff} must be in [0, 1).")
+    for module in MODULES:
+        if not 0.0 <= config.ema[module] <= 1.0:
+            raise ValueError(f"config.ema.{module}={config.ema[module]} must be a decay in [0, 1].")
+    from lzn_jax import tasks  # deferred: tasks import models, which this module must not need
+
+    tasks.check_config(config)
+
+
+def _positive(config, keys: Iterable[str]) -> None:
+    for key in keys:
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"config.{key} must be a positive integer; got {value!r}.")
+
+
+def _child(node, part, dotted):
+    if part not in node:
+        raise ValueError(_unknown_key_message(part, set(node.keys()), dotted))
+    return node[part]
+
+
+def _unknown_key_message(key, known, where):
+    hint = difflib.get_close_matches(key, sorted(known), n=1)
+    did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+    return f"Unknown config key {key!r} in {where}.{did_you_mean} Valid keys: {sorted(known)}."

@@ -1,0 +1,62 @@
+r"""Entry point: parses flags, sets up devices and logging, and calls the train or eval function.
+
+    python -m lzn_jax.main --config=configs/digits_joint.py --workdir=/tmp/lzn_digits
+    python -m lzn_jax.main --config=configs/repr_imagenet.py --workdir=gs://bucket/lzn_repr \
+        --config.data.data_dir=gs://bucket/tfds
+    python -m lzn_jax.main --config=configs/digits_joint.py --workdir=/tmp/lzn_digits --mode=eval
+"""
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from lzn_jax import parallel, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples (local or gs://).")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train and evaluate (resuming); eval: evaluate once.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    parallel.maybe_initialize_distributed()
+    import jax  # after distributed initialisation: the first backend call fixes the process layout
+
+    logging.info("JAX %s, %d process(es), %d device(s): %s", jax.__version__, jax.process_count(), jax.device_count(),
+                 jax.devices()[0].device_kind)  # fmt: skip
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+        results = train.evaluate(FLAGS.config, FLAGS.workdir)
+        for name, value in sorted(results.items()):
+            print(f"{name}: {value:.6g}")
+
+
+def _config_root_on_path(argv) -> None:
+    """Config files import shared pieces as `configs.<module>`: put the folder above `configs/` on sys.path."""
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if path:
+            root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":")[0])))
+            if root not in sys.path:
+                sys.path.insert(0, root)
+
+
+def run():
+    _config_root_on_path(sys.argv)
+    try:
+        app.run(main)
+    except (ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps) as error:
+        logging.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,145 @@
+"""The train state pytree and the jitted train step.
+
+One `TrainState` holds everything a run needs to continue bit-identically: step, params, Adam state, EMA
+params and their update counts, the RNG key and the skipped-step counters. `make_train_step` builds one
+`jax.jit` with explicit shardings: the task's loss runs under `jax.shard_map` over the `data` axis (each device
+its rows, the zoning kernel gathering anchors across devices), the update is a replicated computation.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from lzn_jax import optim, parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 []
+    params: dict  # {module: params}
+    opt_state: Any  # Adam state of each module's raveled parameter vector
+    ema_params: dict
+    ema_counts: dict  # {module: int32 []}: updates each EMA has seen
+    rng: jax.Array  # typed PRNG key
+    skipped_steps: jax.Array  # int32 []: non-finite steps so far
+    consecutive_skips: jax.Array  # int32 []
+
+    def to_items(self) -> dict[str, Any]:
+        """The Orbax checkpoint items (see lzn_jax.checkpoint)."""
+        meta = {
+            "step": self.step,
+            "rng": jax.random.key_data(self.rng),
+            "ema_counts": self.ema_counts,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+        }
+        return {"params": self.params, "ema_params": self.ema_params, "opt_state": self.opt_state, "meta": meta}
+
+    @classmethod
+    def from_items(cls, items: dict[str, Any]) -> "TrainState":
+        meta = items["meta"]
+        return cls(
+            step=meta["step"], params=items["params"], opt_state=items["opt_state"], ema_params=items["ema_params"],
+            ema_counts=meta["ema_counts"], rng=jax.random.wrap_key_data(meta["rng"]),
+            skipped_steps=meta["skipped_steps"], consecutive_skips=meta["consecutive_skips"],
+        )  # fmt: skip
+
+
+def init_fn(task, optimizer, batch_spec):
+    """rng -> TrainState; pure, so `jax.eval_shape` gives the abstract state without allocating it.
+
+    batch_spec: {key: jax.ShapeDtypeStruct} of one (small) batch; only shapes and dtypes matter to init.
+    """
+
+    def init(rng):
+        params_rng, state_rng = jax.random.split(rng)
+        params = task.init(params_rng, {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()})
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(
+            step=zero, params=params, opt_state=optimizer.init(optim.flatten(params)[0]),
+            ema_params=jax.tree.map(jnp.copy, params),
+            ema_counts={m: zero for m in params}, rng=state_rng, skipped_steps=zero, consecutive_skips=zero,
+        )  # fmt: skip
+
+    return init
+
+
+def state_shardings(abstract_state: TrainState, mesh, fsdp: bool):
+    """Params-like trees (params, EMA, Adam moments) follow `parallel.param_shardings`; the rest is replicated."""
+    sharded = functools.partial(parallel.param_shardings, mesh=mesh, fsdp=fsdp)
+    replicated = parallel.replicated(mesh)
+    return TrainState(
+        step=replicated, params=sharded(abstract_state.params), opt_state=sharded(abstract_state.opt_state),
+        ema_params=sharded(abstract_state.ema_params), ema_counts=jax.tree.map(lambda _: replicated, abstract_state.ema_counts),
+        rng=replicated, skipped_steps=replicated, consecutive_skips=replicated,
+    )  # fmt: skip
+
+
+def create(task, optimizer, batch_spec, rng, mesh, fsdp=False) -> tuple[TrainState, TrainState]:
+    """Shape-first init: eval_shape → shardings → jit(init, out_shardings). Returns (state, its shardings)."""
+    init = init_fn(task, optimizer, batch_spec)
+    shardings = state_shardings(jax.eval_shape(init, rng), mesh, fsdp)
+    return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(task, optimizer, config, mesh, shardings: TrainState):
+    """(state, global batch) -> (state, metrics), jitted with the state donated."""
+    modules = task.modules
+    rows = P(parallel.DATA)
+
+    def loss_fn(params, batch, noise, rng):
+        params = jax.tree.map(lambda x: jax.reshard(x, P()), params)  # gathered for compute under FSDP
+        noise = jax.tree.map(lambda x: jax.reshard(x, rows), noise)
+        local = functools.partial(task.loss, axis_name=parallel.DATA)
+        return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows, P()), out_specs=(P(), P()))(
+            params, batch, noise, rng
+        )
+
+    def step(state: TrainState, batch):
+        rng, noise_rng, dropout_rng = jax.random.split(state.rng, 3)
+        noise = task.noise(noise_rng, batch)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, noise, dropout_rng)
+        enabled = optim.trainable(state.step, config.module_steps, modules)
+        grads, _ = optim.flatten(grads)
+        old_params, unravel = optim.flatten(state.params)
+        grads = {m: jnp.where(enabled[m], g, 0.0) for m, g in grads.items()}
+        # A NaN on any device reaches every device through the loss mean and the gradient all-reduce.
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        params, opt_state, grad_norm = optim.apply(
+            optimizer, grads, state.opt_state, old_params, enabled, config.optim.grad_clip
+        )
+        ema_params, ema_counts = optim.ema_update(
+            optim.flatten(state.ema_params)[0], params, state.ema_counts, config.ema, enabled
+        )
+        params, ema_params = optim.unflatten(params, unravel), optim.unflatten(ema_params, unravel)
+
+        def keep(new, old):  # a non-finite step changes nothing but the step, the key and the counters
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        skipped = (~finite).astype(jnp.int32)
+        new_state = state.replace(
+            step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+            ema_params=keep(ema_params, state.ema_params), ema_counts=keep(ema_counts, state.ema_counts), rng=rng,
+            skipped_steps=state.skipped_steps + skipped, consecutive_skips=(state.consecutive_skips + 1) * skipped,
+        )  # fmt: skip
+        metrics = dict(metrics, grad_norm=grad_norm, skipped=skipped.astype(jnp.float32))
+        metrics.update({f"{m}_enabled": enabled[m].astype(jnp.float32) for m in modules})
+        return new_state, metrics
+
+    batch_sharding = parallel.batch_sharding(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )

@@ -1,0 +1,79 @@
+"""Metric writers: CLU's TensorBoard + logging writer, and a JSONL file a script can read back.
+
+Only process 0 writes files; other processes log. `metrics.jsonl` gets one JSON object per write:
+{"step": int, "<name>": value, ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers
+from clu.metric_writers import interface
+
+
+class JsonlWriter(interface.MetricWriter):
+    """Appends scalars (and text) to `path` as one JSON line per write; images and others are ignored."""
+
+    def __init__(self, path: str):
+        self._path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def _append(self, step: int, values: Mapping[str, Any]) -> None:
+        record = {"step": int(step)}
+        record.update({k: _plain(v) for k, v in values.items()})
+        with open(self._path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_scalars(self, step, scalars):
+        self._append(step, scalars)
+
+    def write_texts(self, step, texts):
+        self._append(step, texts)
+
+    def write_summaries(self, step, values, metadata=None):
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_hparams(self, hparams):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _plain(value):
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+def create(workdir: str) -> interface.MetricWriter:
+    """TensorBoard event files + logging + metrics.jsonl in `workdir` (process 0); logging elsewhere."""
+    if jax.process_index() > 0:
+        return metric_writers.create_default_writer(workdir, just_logging=True)
+    default = metric_writers.create_default_writer(workdir, asynchronous=False)
+    return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a metrics.jsonl file, in order."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
