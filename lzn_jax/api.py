@@ -1,0 +1,179 @@
+"""Public inference API: the paper's tasks as compositions of encoders and decoders, pure functions of params.
+
+    lzn, params = api.load("workdirs/digits_joint")          # trained (or converted) checkpoint + its config
+    feats  = lzn.embed(params, images)                        # image encoder
+    labels = lzn.classify(params, images, key=key)            # image encoder → label decoder
+    images = lzn.generate(params, key, labels=jnp.arange(10)) # label encoder → image decoder
+    recon  = lzn.reconstruct(params, images, key=key)         # image → latent → noise (inverse ODE) → image
+    path   = lzn.interpolate(params, image_a, image_b, steps=8, key=key)
+
+Every method is a pure function of (params, inputs, key): jit it, vmap it, compose it. A sample's latent
+depends on the batch it is encoded with (all images of the batch are the anchors of one mixture); the methods
+that compute latents take `context` images that join the mixture, so this dependence is explicit. Inputs are
+checked with errors that say what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lzn_jax import checkpoint, configlib, optim, tasks, train_state
+from lzn_jax.train import batch_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class LZN:
+    """The compositions of one config's modules. Holds no parameters."""
+
+    task: object
+    config: ml_collections.ConfigDict = dataclasses.field(compare=False, hash=False)
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "LZN":
+        configlib.check(config)
+        return cls(task=tasks.build(config), config=config)
+
+    # ------------------------------------------------------------------ input checks
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        d = self.config.data
+        return (d.image_size, d.image_size, d.num_channels)
+
+    def _images(self, images, name="images") -> jax.Array:
+        shape = getattr(images, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise ValueError(f"`{name}` must be a batch [B, H, W, C] = [B, *{self.image_shape}]; got shape {shape}.")
+        if tuple(shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"`{name}` has images of shape {tuple(shape[1:])}, but this model takes {self.image_shape} (H, W, C; "
+                "NHWC, values in [-1, 1]). Resize or convert the channels first."
+            )
+        if shape[0] == 0:
+            raise ValueError(f"`{name}` is empty.")
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise TypeError(f"`{name}` must be floating point in [-1, 1]; got {images.dtype}. Use x / 127.5 - 1 for uint8.")
+        return jnp.asarray(images, jnp.float32)
+
+    def _labels(self, labels) -> jax.Array:
+        if getattr(labels, "ndim", None) != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(f"`labels` must be an int array [B]; got {getattr(labels, 'dtype', type(labels))} "
+                             f"{getattr(labels, 'shape', None)}.")  # fmt: skip
+        return jnp.asarray(labels, jnp.int32)
+
+    def _need(self, what: str, ok: bool) -> None:
+        if not ok:
+            raise ValueError(f"This model (task={self.config.task!r}, conditional={self.config.conditional}) cannot {what}.")
+
+    # ------------------------------------------------------------------ compositions
+
+    def embed(self, params, images, *, apply_head: bool = True) -> jax.Array:
+        """Image encoder: images [B, H, W, C] -> anchors [B, Dz] (apply_head=False: pre-head features)."""
+        images = self._images(images)
+        if hasattr(self.task, "embed"):
+            return self.task.embed(params, images, apply_head=apply_head)
+        self._need("embed images (it has no image encoder)", self.task.encoder is not None)
+        return self.task.encoder.apply({"params": params["encoder"]}, images, train=False)
+
+    def latents(self, params, images, *, key, context=None, prior_std: float = 1.0) -> jax.Array:
+        """Image encoder + forward flow: latents [B, Dz] of `images`, zoned together with `context` images."""
+        self._need("compute latents (it has no image encoder)", getattr(self.task, "encoder", None) is not None)
+        images = self._images(images)
+        batch = images if context is None else jnp.concatenate([images, self._images(context, "context")])
+        prior = prior_std * jax.random.normal(key, (batch.shape[0], self.task.latent_dim))
+        if hasattr(self.task, "image_latents"):
+            lat = self.task.image_latents(params, batch, prior)
+        else:  # representation tasks zone their embeddings with the case-study-2 flow
+            from lzn_jax import zoning
+
+            anchors = self.task.embed(params, batch)
+            lat = zoning.latents(anchors, prior * self.task.prior_scale, num_steps=self.task.num_steps,
+                                 solver=self.task.solver)  # fmt: skip
+        return lat[: images.shape[0]]
+
+    def classify(self, params, images, *, key, context=None, class_weights=None) -> jax.Array:
+        """Image encoder → reverse flow over label anchors → nearest label anchor: labels [B].
+
+        class_weights: optional [K] class frequencies multiplying the label zones (official "with class weights").
+        """
+        self._need("classify (it has no label anchors)", getattr(self.task, "conditional", False))
+        lat = self.latents(params, images, key=key, context=context)
+        return self.task.classify_latents(params, lat, class_weights)
+
+    def generate(self, params, key, labels=None, *, num: Optional[int] = None, sampler: str = "euler") -> jax.Array:
+        """Label encoder → image decoder: images [B, H, W, C] in about [-1, 1]. sampler: "euler" or "rk45"."""
+        self._need("generate images (it has no decoder)", hasattr(self.task, "sample"))
+        if getattr(self.task, "conditional", False):
+            if labels is None:
+                raise ValueError("This model is label-conditional: pass labels [B] (ints in [0, num_classes)).")
+            labels = self._labels(labels)
+        elif num is None:
+            raise ValueError("Pass `num` (how many images) for an unconditional model.")
+        return self.task.sample(params, key, labels, num=num, sampler=sampler)
+
+    def reconstruct(self, params, images, *, key, labels=None, context=None, sampler: str = "euler") -> jax.Array:
+        """Image → latent → initial noise (decoder ODE backwards) → image again: [B, H, W, C]."""
+        self._need("reconstruct (it needs an image encoder and a decoder)",
+                   hasattr(self.task, "invert") and self.task.encoder is not None)  # fmt: skip
+        images = self._images(images)
+        lat = self.latents(params, images, key=key, context=context)
+        if self.task.conditional and labels is None:
+            labels = self.task.classify_latents(params, lat)
+        noise = self.task.invert(params, images, lat, labels, sampler=sampler)
+        return self.task.decode(params, noise, lat, labels, sampler=sampler)
+
+    def interpolate(self, params, a, b, steps: int, *, key, sampler: str = "euler") -> jax.Array:
+        """Images along the spherical path between the latents of image a and image b: [steps, H, W, C].
+
+        a, b: single images [H, W, C] (or [1, H, W, C]). Every point is decoded from the same initial noise, so
+        the images change only with the latent (and, for a conditional model, the label read from it).
+        """
+        if steps < 2:
+            raise ValueError(f"`steps` must be at least 2 (the two ends); got {steps}.")
+        pair = jnp.concatenate([jnp.reshape(x, (1,) + tuple(jnp.shape(x))[-3:]) for x in (a, b)])
+        k_latent, k_noise = jax.random.split(key)
+        lat_a, lat_b = self.latents(params, pair, key=k_latent)
+        path = slerp(lat_a, lat_b, jnp.linspace(0.0, 1.0, steps))
+        labels = self.task.classify_latents(params, path) if self.task.conditional else None
+        noise = jnp.broadcast_to(jax.random.normal(k_noise, self.image_shape), (steps,) + self.image_shape)
+        return self.task.decode(params, noise, path, labels, sampler=sampler)
+
+
+def slerp(a: jax.Array, b: jax.Array, fractions: jax.Array) -> jax.Array:
+    """Spherical interpolation between two latents [D] at fractions [S] -> [S, D] (keeps Gaussian norms)."""
+    cos = jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
+    omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+    so = jnp.sin(omega)
+    f = fractions[:, None]
+    linear = (1 - f) * a + f * b
+    spherical = (jnp.sin((1 - f) * omega) * a + jnp.sin(f * omega) * b) / jnp.where(so > 1e-6, so, 1.0)
+    return jnp.where(so > 1e-6, spherical, linear)
+
+
+def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.ConfigDict] = None):
+    """(LZN, params) from a workdir written by lzn_jax.main (its config.json and newest checkpoint).
+
+    Also loads a directory written by `python -m lzn_jax.convert` when `config` (the config it was converted
+    for) is given. use_ema: the EMA params (what the paper evaluates) or the raw ones.
+    """
+    if config is None:
+        path = os.path.join(workdir, "config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} does not exist: pass the config the checkpoint was made with.")
+        with open(path, encoding="utf-8") as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    lzn = LZN.from_config(config)
+    optimizer = optim.make_optimizer(config.optim, lzn.task.modules)
+    init = train_state.init_fn(lzn.task, optimizer, batch_spec(config, 2))
+    abstract_items = jax.eval_shape(lambda key: init(key).to_items(), jax.random.key(0))
+    directory = os.path.join(workdir, "checkpoints")
+    directory = directory if os.path.isdir(directory) else workdir
+    items = checkpoint.restore_params(directory, abstract_items)
+    return lzn, items["ema_params" if use_ema else "params"]

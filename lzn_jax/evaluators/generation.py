@@ -1,0 +1,169 @@
+"""Generation evaluators: sample grids, reconstructions by inversion, FID, and a classifier's view of samples."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lzn_jax import data, parallel
+from lzn_jax.evaluators import common, fid, images, linear_probe
+
+
+def _check_generation(task, name):
+    if not hasattr(task, "decode"):
+        raise ValueError(f"The {name} evaluator needs a generation task (a decoder); config.task is something else.")
+
+
+class _Sampler:
+    """Jitted, row-sharded `task.sample`: labels [B] (or a count) -> images [B, H, W, C] as numpy."""
+
+    def __init__(self, task, mesh, sampler):
+        self.task, self.mesh, self.sampler = task, mesh, sampler
+        self._fn = common.sharded_fn(self._local, mesh, num_row_args=2)
+
+    def _local(self, params, labels, keys, *, axis_name):
+        del axis_name  # samples are independent rows
+        return self.task.sample(params, jax.random.wrap_key_data(keys[0]), labels, sampler=self.sampler)
+
+    def __call__(self, params, key, labels) -> np.ndarray:
+        labels = jnp.asarray(labels, jnp.int32)
+        devices = self.mesh.shape[parallel.DATA]
+        pad = -len(labels) % devices
+        padded = jnp.concatenate([labels, jnp.zeros((pad,), jnp.int32)])
+        keys = jax.random.key_data(jax.random.split(key, devices))  # one key per device's rows
+        keys = jnp.repeat(keys, len(padded) // devices, axis=0)
+        rows = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(parallel.DATA))
+        out = self._fn(params, jax.device_put(padded, rows), jax.device_put(keys, rows))
+        return common.fetch(out)[: len(labels)]
+
+
+class Samples:
+    """PNG grid of samples (one row per class when conditional), per sampler; also sent to TensorBoard."""
+
+    def __init__(self, *, task, config, mesh, workdir, writer=None, samplers=("euler",), per_class=10, num=64, seed=0):
+        _check_generation(task, "samples")
+        self.task, self.workdir, self.writer, self.seed = task, workdir, writer, seed
+        self.samplers = {name: _Sampler(task, mesh, name) for name in samplers}
+        if task.conditional:
+            self.labels, self.nrow = np.repeat(np.arange(task.num_classes), per_class), per_class
+        else:
+            self.labels, self.nrow = np.zeros(num, np.int32), int(np.ceil(np.sqrt(num)))
+
+    def run(self, params, step):
+        for name, sample in self.samplers.items():
+            out = sample(params, jax.random.key(self.seed), self.labels)
+            path = os.path.join(self.workdir, "samples", f"{name}_{step:08d}.png")
+            if jax.process_index() == 0:
+                grid = images.save_grid(out, path, nrow=self.nrow)
+                if self.writer is not None:
+                    self.writer.write_images(step, {f"samples/{name}": grid[None]})
+            yield f"eval/samples_{name}_std", float(np.std(out))
+
+
+class Reconstruction:
+    """Data → latent → initial noise by running the decoder ODE backwards → data again; the L2 error.
+
+    As the official `Reconstructions` metric: per image, sqrt(Σ (x̂ − x)²) averaged over `num` images of the
+    train split, with `repeats` latents per image (different priors).
+    """
+
+    def __init__(self, *, task, config, mesh, workdir, writer=None, sampler="euler", num=64, repeats=2, seed=0):
+        _check_generation(task, "reconstruction")
+        if task.encoder is None:
+            raise ValueError("The reconstruction evaluator needs an image encoder (LZN latents).")
+        self.task, self.config, self.mesh, self.workdir, self.writer = task, config, mesh, workdir, writer
+        self.sampler, self.num, self.repeats, self.seed = sampler, num, repeats, seed
+        self._fn = common.sharded_fn(self._local, mesh, num_row_args=4)
+
+    def _local(self, params, x, labels, mask, prior, *, axis_name):
+        latent = self.task.image_latents(params, x, prior, axis_name=axis_name, mask=mask)
+        known = labels if self.task.conditional else None
+        noise = self.task.invert(params, x, latent, known, sampler=self.sampler)
+        return self.task.decode(params, noise, latent, known, sampler=self.sampler)
+
+    def run(self, params, step):
+        batch = next(common.split_batches(self.config, "train", _round_up(self.num, self.mesh), self.mesh))
+        x, mask = common.fetch(batch["image"]), common.fetch(batch["mask"])
+        errors, rows = [], [images.to_uint8(x)]
+        for r in range(self.repeats):
+            key = jax.random.fold_in(jax.random.key(self.seed), r)
+            prior = jax.device_put(jax.random.normal(key, (x.shape[0], self.task.latent_dim)), batch["image"].sharding)
+            recon = common.fetch(self._fn(params, batch["image"], batch["label"], batch["mask"], prior))
+            errors.append(np.sqrt(np.sum((recon - x) ** 2, axis=(1, 2, 3)))[mask.astype(bool)])
+            rows.append(images.to_uint8(recon))
+        if jax.process_index() == 0:
+            strip = np.stack(rows, axis=1)[: self.num].reshape((-1,) + x.shape[1:])  # each image, then its recons
+            path = os.path.join(self.workdir, "reconstructions", f"{self.sampler}_{step:08d}.png")
+            images.save_grid(strip.astype(np.float32) / 127.5 - 1.0, path, nrow=self.repeats + 1)
+        yield f"eval/reconstruction_l2_{self.sampler}", float(np.mean(np.concatenate(errors)))
+
+
+def _round_up(n, mesh):
+    devices = mesh.shape[parallel.DATA] * jax.process_count()
+    return -(-n // devices) * devices
+
+
+class SampleClassifierAccuracy:
+    """How recognisable label-conditional samples are: a classifier trained on the real train split (linear on
+    pixels, `linear_probe.fit_linear_probe`) classifies `per_class` samples of every class.
+
+    Yields eval/sample_accuracy_{sampler} and, to read it against, the classifier's accuracy on the real test
+    split (eval/sample_classifier_test_accuracy).
+    """
+
+    def __init__(self, *, task, config, mesh, workdir=None, writer=None, sampler="euler", per_class=50, seed=0,
+                 num_epochs=100, batch_size=64, lr=1e-3):  # fmt: skip
+        _check_generation(task, "sample_accuracy")
+        if not task.conditional:
+            raise ValueError("sample_accuracy needs a label-conditional generation task.")
+        self.task, self.sample, self.seed = task, _Sampler(task, mesh, sampler), seed
+        self.sampler_name = sampler
+        self.labels = np.repeat(np.arange(task.num_classes), per_class)
+        self.probe = dict(num_classes=task.num_classes, num_epochs=num_epochs, batch_size=batch_size, lr=lr)
+        self.train = data.load_arrays(config.data, "train")
+        self.test = data.load_arrays(config.data, "test")
+
+    def run(self, params, step):
+        generated = self.sample(params, jax.random.key(self.seed), self.labels)
+        flat = lambda x: np.asarray(x).reshape(len(x), -1)  # noqa: E731
+        train_x, train_y = flat(self.train[0]), self.train[1]
+        on_samples = linear_probe.fit_linear_probe(train_x, train_y, flat(generated), self.labels, **self.probe)
+        on_real = linear_probe.fit_linear_probe(train_x, train_y, flat(self.test[0]), self.test[1], **self.probe)
+        yield f"eval/sample_accuracy_{self.sampler_name}", on_samples["accuracy"]
+        yield "eval/sample_classifier_test_accuracy", on_real["accuracy"]
+
+
+class FID:
+    """FID of samples against a split (clean-fid and/or RF pipeline), reference statistics cached in workdir."""
+
+    def __init__(self, *, task, config, mesh, workdir, writer=None, inception_weights="", sampler="euler",
+                 num_samples=50000, split="train", pipelines=("clean",), num_reference_samples=0, batch_size=None,
+                 seed=0):  # fmt: skip
+        _check_generation(task, "fid")
+        if not inception_weights:
+            raise ValueError(
+                "The fid evaluator needs config.evals.<name>.inception_weights: a local copy of the FID Inception "
+                "weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or its .npz conversion)."
+            )
+        sample = _Sampler(task, mesh, sampler)
+        num_classes = task.num_classes
+
+        def sample_fn(params, key, num):
+            return sample(params, key, np.arange(num) % num_classes)
+
+        batch_size = batch_size or config.eval_batch_size
+        self.fid = fid.FIDEvaluator(
+            sample_fn,
+            lambda: data.eval_iterator(config.data, split=split, batch_size=batch_size),
+            inception_weights=inception_weights, cache_dir=workdir, dataset=config.data.name or config.data.source,
+            split=split, image_size=config.data.image_size, num_samples=num_samples, batch_size=batch_size,
+            pipelines=tuple(pipelines), num_reference_samples=num_reference_samples or None, seed=seed,
+        )  # fmt: skip
+        self.sampler = sampler
+
+    def run(self, params, step):
+        for name, value in self.fid.run(params):
+            yield f"{name}_{self.sampler}", value
