@@ -1,64 +1,31 @@
-"""AFHQ-Cat 256x256 generation (LZN case study 1).
+r"""Case study 1: unconditional AFHQ-Cat 256×256 generation, the official `configs/lzn1/case_study_1_afhqcat.py`.
 
-Mirrors the official `configs/lzn1/case_study_1_afhqcat.py`: an NCSN++ encoder with anchor heads at 64..4
-pixels (image -> 200-d anchor) and an unconditional NCSN++ rectified-flow decoder with FIR resampling, progressive
-input/output skips and Gaussian Fourier time features (latent + time -> velocity). The architecture is the same in
-all three official 256x256 configs (AFHQ-Cat, CelebA-HQ, LSUN-Bedroom); only their training settings differ.
+NCSN++ encoder with anchor heads at 64..4 px → LZN latents (DPM-Solver++, 20 steps) → NCSN++ rectified-flow
+decoder with FIR resampling, progressive skips and Gaussian-Fourier time features. Images come from a folder.
+
+    python -m lzn_jax.main --config=configs/gen_afhq_cat.py --workdir=gs://BUCKET/lzn/gen_afhq_cat \
+        --config.data.data_dir=gs://BUCKET/AFHQ
 """
 
-import ml_collections
+from configs import common
+from lzn_jax import configlib
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+def get_config(arg=None):
+    config = configlib.base_config()
+    config.task = "generation"
+    config.conditional = False
     config.latent_dim = 200
-
-    config.data = ml_collections.ConfigDict()
-    config.data.image_size = 256
-    config.data.num_channels = 3
-
-    # The official encoder and decoder share one `config.model` section.
-    trunk = dict(
-        nf=128,
-        ch_mult=(1, 1, 2, 2, 2, 2, 2),
-        num_res_blocks=2,
-        attn_resolutions=(16,),
-        dropout=0.0,
-        resamp_with_conv=True,
-        fir=True,
-        fir_kernel=(1, 3, 3, 1),
-        skip_rescale=True,
-        resblock_type="biggan",
-        progressive_input="input_skip",
-        progressive_combine="sum",
-        init_scale=0.0,
-        nonlinearity="swish",
-    )
-
-    config.encoder = ml_collections.ConfigDict(
-        dict(
-            name="ncsnpp_encoder",
-            latent_dim=config.get_ref("latent_dim"),
-            num_base_channels=20,
-            num_base_units=200,
-            num_latent_transformation_layers=2,
-            latent_transformation_resolutions=(64, 32, 16, 8, 4),
-            **trunk,
-        )
-    )
-
-    config.decoder = ml_collections.ConfigDict(
-        dict(
-            name="ncsnpp_decoder",
-            latent_dim=config.get_ref("latent_dim"),
-            num_classes=0,
-            time_conditional=True,
-            embedding_type="fourier",
-            fourier_scale=16.0,
-            progressive="output_skip",
-            # Upstream divides the network output by 999·t (score_sde's VE convention, kept in LZN's decoder).
-            scale_by_sigma=True,
-            **trunk,
-        )
-    )
-    return config
+    config.num_classes = 1
+    config.data.update(dict(source="image_folder", name="afhq_cat", data_dir="gs://BUCKET/AFHQ", train_split="train/cat",
+                            test_split="val/cat", image_size=256, num_channels=3, num_classes=1, augmentation="flip"))  # fmt: skip
+    common.hq256_models(config)
+    config.zoning.update(dict(solver="dpm_solver++", num_steps=20))
+    common.official_training(
+        config, batch_size=256, eval_batch_size=256, checkpoint_every=2000,
+        lr=dict(encoder=2e-6, decoder=2e-4), ema=dict(encoder=0.999999, decoder=0.999999),
+        module_steps=dict(encoder=60_000, decoder=60_000),
+    )  # fmt: skip
+    config.evals = common.generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20,
+                                           fid_num=5120, fid_reference_num=1024)  # fmt: skip
+    return common.runlocal(config, image_size=32) if arg == "runlocal" else config

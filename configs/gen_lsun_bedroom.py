@@ -1,64 +1,31 @@
-"""LSUN-Bedroom 256x256 generation (LZN case study 1).
+r"""Case study 1: unconditional LSUN-Bedroom 256×256 generation, the official `configs/lzn1/case_study_1_lsunbedroom.py`.
 
-Mirrors the official `configs/lzn1/case_study_1_lsunbedroom.py`: an NCSN++ encoder with anchor heads at 64..4
-pixels (image -> 200-d anchor) and an unconditional NCSN++ rectified-flow decoder with FIR resampling, progressive
-input/output skips and Gaussian Fourier time features (latent + time -> velocity). The architecture is the same in
-all three official 256x256 configs (AFHQ-Cat, CelebA-HQ, LSUN-Bedroom); only their training settings differ.
+NCSN++ encoder with anchor heads at 64..4 px → LZN latents (DPM-Solver++, 20 steps) → NCSN++ rectified-flow
+decoder with FIR resampling, progressive skips and Gaussian-Fourier time features. Images come from a folder.
+
+    python -m lzn_jax.main --config=configs/gen_lsun_bedroom.py --workdir=gs://BUCKET/lzn/gen_lsun_bedroom \
+        --config.data.data_dir=gs://BUCKET/LSUN
 """
 
-import ml_collections
+from configs import common
+from lzn_jax import configlib
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+def get_config(arg=None):
+    config = configlib.base_config()
+    config.task = "generation"
+    config.conditional = False
     config.latent_dim = 200
-
-    config.data = ml_collections.ConfigDict()
-    config.data.image_size = 256
-    config.data.num_channels = 3
-
-    # The official encoder and decoder share one `config.model` section.
-    trunk = dict(
-        nf=128,
-        ch_mult=(1, 1, 2, 2, 2, 2, 2),
-        num_res_blocks=2,
-        attn_resolutions=(16,),
-        dropout=0.0,
-        resamp_with_conv=True,
-        fir=True,
-        fir_kernel=(1, 3, 3, 1),
-        skip_rescale=True,
-        resblock_type="biggan",
-        progressive_input="input_skip",
-        progressive_combine="sum",
-        init_scale=0.0,
-        nonlinearity="swish",
-    )
-
-    config.encoder = ml_collections.ConfigDict(
-        dict(
-            name="ncsnpp_encoder",
-            latent_dim=config.get_ref("latent_dim"),
-            num_base_channels=20,
-            num_base_units=200,
-            num_latent_transformation_layers=2,
-            latent_transformation_resolutions=(64, 32, 16, 8, 4),
-            **trunk,
-        )
-    )
-
-    config.decoder = ml_collections.ConfigDict(
-        dict(
-            name="ncsnpp_decoder",
-            latent_dim=config.get_ref("latent_dim"),
-            num_classes=0,
-            time_conditional=True,
-            embedding_type="fourier",
-            fourier_scale=16.0,
-            progressive="output_skip",
-            # Upstream divides the network output by 999·t (score_sde's VE convention, kept in LZN's decoder).
-            scale_by_sigma=True,
-            **trunk,
-        )
-    )
-    return config
+    config.num_classes = 1
+    config.data.update(dict(source="image_folder", name="lsun_bedroom", data_dir="gs://BUCKET/LSUN", train_split="bedroom_train",
+                            test_split="bedroom_val", image_size=256, num_channels=3, num_classes=1, augmentation="flip"))  # fmt: skip
+    common.hq256_models(config)
+    config.zoning.update(dict(solver="dpm_solver++", num_steps=20))
+    common.official_training(
+        config, batch_size=256, eval_batch_size=25, checkpoint_every=2000,
+        lr=dict(encoder=2e-6, decoder=2e-4), ema=dict(encoder=0.99999, decoder=0.99999),
+        module_steps=dict(encoder=2_050_000, decoder=2_050_000),
+    )  # fmt: skip
+    config.evals = common.generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20,
+                                           fid_num=50000, fid_reference_num=1024)  # fmt: skip
+    return common.runlocal(config, image_size=32) if arg == "runlocal" else config

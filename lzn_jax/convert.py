@@ -419,6 +419,16 @@ def named_ema(layout: Layout, state_dict: Mapping[str, np.ndarray], ema: Mapping
     return named
 
 
+def model_sections(config: Any) -> dict[str, Any]:
+    """{module: complete model section} of a config: a full lzn_jax config (with a `task`) through its task
+    composition (`lzn_jax.tasks.model_configs`), a config that only lists model sections as they are."""
+    if "task" in config:
+        from lzn_jax import tasks  # deferred: the converter's core works without the training stack
+
+        return dict(tasks.model_configs(config))
+    return {s: config[s] for s in CHECKPOINT_ENTRIES if s in config and config[s].get("name")}
+
+
 def convert_checkpoint(checkpoint: Mapping[str, Any], config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Official checkpoint (`{"encoder": state dict, "encoder_ema": ema, ...}`) -> (params, ema_params).
 
@@ -426,10 +436,11 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], config: Any) -> tuple[dict
     EMA is absent gets its raw params as EMA (logged). Raises `ConversionError` on any mismatch.
     """
     size, channels = config.data.image_size, config.data.num_channels
+    sections = model_sections(config)
     mismatched = [
-        f"only the {'config' if section in config else 'checkpoint'} has a {section!r} model (entry {entry!r})"
+        f"only the {'config' if section in sections else 'checkpoint'} has a {section!r} model (entry {entry!r})"
         for section, entry in CHECKPOINT_ENTRIES.items()
-        if (section in config) != (entry in checkpoint)
+        if (section in sections) != (entry in checkpoint)
     ]
     if mismatched:
         raise ConversionError(
@@ -438,9 +449,9 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], config: Any) -> tuple[dict
         )
     params, ema_params = {}, {}
     for section, entry in CHECKPOINT_ENTRIES.items():
-        if section not in config:
+        if section not in sections:
             continue
-        model = models.build(config[section])
+        model = models.build(sections[section])
         layout = layout_for(model, size)
         shapes = param_shapes(model, size, channels)
         state_dict = strip_wrappers(checkpoint[entry])

@@ -357,21 +357,18 @@ def test_rederived_shapes_match_the_recorded_official_state_dicts(ncsnpp_small_f
 def test_flax_parameter_counts_equal_official_counts(name):
     config = load_config(name)
     size, channels = config.data.image_size, config.data.num_channels
-    for section in convert.CHECKPOINT_ENTRIES:
-        if section in config:
-            model = models.build(config[section])
-            official = official_state_shapes(dict(config[section]), size, channels)
-            assert flax_count(convert.param_shapes(model, size, channels)) == official_num_parameters(official)
+    for fields in convert.model_sections(config).values():
+        model = models.build(fields)
+        official = official_state_shapes(dict(fields), size, channels)
+        assert flax_count(convert.param_shapes(model, size, channels)) == official_num_parameters(official)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_official_key_of_every_config_converts(name):
     config = load_config(name)
     size, channels = config.data.image_size, config.data.num_channels
-    for section in convert.CHECKPOINT_ENTRIES:
-        if section not in config:
-            continue
-        fields = shrunk(config[section])
+    for section, complete in convert.model_sections(config).items():
+        fields = shrunk(complete)
         model = models.build(fields)
         shapes = official_state_shapes(fields, size, channels)
         params = convert.convert_module(

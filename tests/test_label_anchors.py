@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lzn_jax import models
+from lzn_jax import models, tasks
 from lzn_jax.models.label_anchors import LabelAnchors, nearest_label
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_joint_config_builds_label_anchors():
     config_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config_module)
     config = config_module.get_config()
-    module = models.build(config.label_anchors)
+    module = models.build(tasks.model_configs(config)["label_anchors"])
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0)))["params"]
     assert shapes["anchors"].shape == (10, 200)
 

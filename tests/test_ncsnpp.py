@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lzn_jax import models
+from lzn_jax import models, tasks
 from lzn_jax.models import layers, layerspp, ncsnpp
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -298,7 +298,8 @@ def test_config_models_build_with_official_parameter_counts(name):
     config = load_config(name)
     size, channels = config.data.image_size, config.data.num_channels
     images = jnp.zeros((1, size, size, channels))
-    encoder, decoder = models.build(config.encoder), models.build(config.decoder)
+    sections = tasks.model_configs(config)
+    encoder, decoder = models.build(sections["encoder"]), models.build(sections["decoder"])
     assert isinstance(encoder, ncsnpp.NCSNPPEncoder) and isinstance(decoder, ncsnpp.NCSNPPDecoder)
     assert encoder.latent_dim == decoder.latent_dim == config.latent_dim
     num_classes = decoder.num_classes

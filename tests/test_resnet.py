@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lzn_jax import models
+from lzn_jax import models, tasks
 from lzn_jax.models import resnet
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def count(tree) -> int:
 
 def test_repr_imagenet_config_has_official_parameter_count():
     config = load_config("repr_imagenet")
-    encoder = models.build(config.encoder)
+    encoder = models.build(tasks.model_configs(config)["encoder"])
     assert isinstance(encoder, resnet.ResNetEncoder)
     size = config.data.image_size
     assert count(param_shapes(encoder, jnp.zeros((1, size, size, config.data.num_channels)))) == 28_231_232
@@ -64,7 +64,7 @@ def test_head_shapes_and_width_multiplier():
 
 
 def test_fresh_blocks_start_as_their_shortcut():
-    encoder = resnet.ResNetEncoder(latent_dim=32, head_num_layers=2)
+    encoder = resnet.ResNetEncoder(latent_dim=64, head_num_layers=2)
     x = jnp.zeros((1, 32, 32, 3))
     params = jax.jit(encoder.init)(jax.random.key(0, impl="unsafe_rbg"), x)["params"]
     blocks = [v for k, v in params.items() if k.startswith("stage")]
@@ -89,7 +89,7 @@ def test_input_is_mapped_from_minus_one_one_to_unit_interval():
             raise _StemReached  # nothing after the first conv matters here
         return next_fun(*args, **kwargs)
 
-    encoder = resnet.ResNetEncoder(latent_dim=32, head_num_layers=2)
+    encoder = resnet.ResNetEncoder(latent_dim=64, head_num_layers=2)
     x = jnp.linspace(-1.0, 1.0, 2 * 32 * 32 * 3).reshape(2, 32, 32, 3)
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), param_shapes(encoder, x))
     with nn.intercept_methods(stop_at_stem), pytest.raises(_StemReached):
@@ -99,8 +99,8 @@ def test_input_is_mapped_from_minus_one_one_to_unit_interval():
 
 def test_remat_keeps_param_names_and_gives_identical_gradients():
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    plain = resnet.ResNetEncoder(latent_dim=32, head_num_layers=2)
-    remat = resnet.ResNetEncoder(latent_dim=32, head_num_layers=2, remat=True)
+    plain = resnet.ResNetEncoder(latent_dim=64, head_num_layers=2)
+    remat = resnet.ResNetEncoder(latent_dim=64, head_num_layers=2, remat=True)
     assert jax.tree.structure(param_shapes(plain, x)) == jax.tree.structure(param_shapes(remat, x))
     # Gradients through one rematerialised bottleneck (the unit remat wraps) match the plain block exactly.
     h = jax.random.normal(jax.random.key(1), (2, 8, 8, 64))
@@ -122,7 +122,22 @@ def test_remat_keeps_param_names_and_gives_identical_gradients():
 
 def test_bad_arguments_are_reported():
     x = jnp.zeros((1, 32, 32, 3))
-    with pytest.raises(ValueError, match="depth=34"):
-        resnet.ResNetEncoder(depth=34).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="depth=42"):
+        resnet.ResNetEncoder(depth=42).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="multiple of 32"):
         resnet.ResNetEncoder(latent_dim=20).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="at least 64"):
+        resnet.ResNetEncoder(latent_dim=32).init(jax.random.key(0), x)
+
+
+def test_small_basic_block_resnet_for_cpu_runs():
+    """ResNet-18 (torchvision's 11.2M-parameter backbone without fc at base width 64), and the small-image stem."""
+    full = models.build(dict(name="resnet", latent_dim=128, depth=18, head_num_layers=0))
+    assert count(param_shapes(full, jnp.zeros((1, 32, 32, 3)))) == 11_176_512
+    small = models.build(dict(name="resnet", latent_dim=64, depth=18, base_width=32, small_images=True, head_num_layers=2))
+    x = jnp.zeros((2, 16, 16, 1))
+    params = jax.jit(small.init)(jax.random.key(0), x)["params"]
+    assert small.apply({"params": params}, x).shape == (2, 64)
+    assert small.apply({"params": params}, x, apply_head=False).shape == (2, 256)
+    with pytest.raises(ValueError, match="base_width=48"):
+        models.build(dict(name="resnet", latent_dim=64, depth=18, base_width=48)).init(jax.random.key(0), x)

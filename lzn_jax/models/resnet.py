@@ -22,7 +22,8 @@ from lzn_jax.models.layers import torch_default_kernel_init
 
 Dtype = Any
 
-STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+STAGE_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+BASIC_DEPTHS = (18, 34)  # torchvision's basic-block ResNets (3x3, 3x3), for small images and CPU runs
 EXPANSION = 4  # bottleneck output channels = EXPANSION x its inner width
 
 
@@ -107,13 +108,39 @@ class BottleneckBlock(nn.Module):
         return nn.relu(shortcut + h)
 
 
+class BasicBlock(nn.Module):
+    """3x3 (stride) -> 3x3 with GroupNorm, plus a (projected) shortcut; the last GroupNorm zero-initialised."""
+
+    features: int
+    stride: int = 1
+    sk_ratio: float = 0.0  # unused: the selective kernel variant exists for bottlenecks only
+    use_projection: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        shortcut = x
+        if self.use_projection:
+            shortcut = _norm(name="projection_norm", **kw)(_conv(self.features, 1, self.stride, name="projection_conv", **kw)(x))
+        h = nn.relu(_norm(name="norm0", **kw)(_conv(self.features, 3, self.stride, name="conv0", **kw)(x)))
+        h = _norm(name="norm1", zero_scale=True, **kw)(_conv(self.features, 3, name="conv1", **kw)(h))
+        return nn.relu(shortcut + h)
+
+
 class ResNetEncoder(nn.Module):
     """Image -> anchor: `enc.apply({"params": p}, x [B, H, W, 3], apply_head=True, train=bool) -> [B, latent_dim]`.
 
-    With `apply_head=False` it returns the pooled `[B, 2048·width_multiplier]` feature used for linear probing.
+    With `apply_head=False` it returns the pooled `[B, 2048·width_multiplier]` feature (512· for depths 18, 34)
+    used for linear probing.
     `latent_dim` is the official `head_out_dim`. `remat=True` rematerialises every bottleneck block in the
     backward pass (the official code checkpoints the network in segments) to trade compute for memory.
     `train` is accepted for the common encoder interface; the network has no dropout or batch statistics.
+
+    Beyond the official networks: depths 18 and 34 (basic blocks), `base_width` (64 upstream; a multiple of 32
+    for GroupNorm) and `small_images` (a 3x3 stride-1 stem without max-pooling, as for CIFAR) for small
+    images such as the digits CPU configs.
     """
 
     latent_dim: int = 128
@@ -122,12 +149,16 @@ class ResNetEncoder(nn.Module):
     sk_ratio: float = 0.0
     head_num_layers: int = 3
     remat: bool = False
+    base_width: int = 64
+    small_images: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def _stem(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        channels = 64 * self.width_multiplier // 2
+        channels = self.base_width * self.width_multiplier // 2
+        if self.small_images:
+            return nn.relu(_norm(name="stem_norm", **kw)(_conv(2 * channels, 3, name="stem_conv", **kw)(x)))
         if self.sk_ratio > 0:  # three 3x3 convs replace the 7x7 conv
             x = nn.relu(_norm(name="stem_norm0", **kw)(_conv(channels, 3, 2, name="stem_conv0", **kw)(x)))
             x = nn.relu(_norm(name="stem_norm1", **kw)(_conv(channels, 3, name="stem_conv1", **kw)(x)))
@@ -136,6 +167,10 @@ class ResNetEncoder(nn.Module):
             x = _conv(2 * channels, 7, 2, name="stem_conv", **kw)(x)
         x = nn.relu(_norm(name="stem_norm", **kw)(x))
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    @property
+    def _basic(self) -> bool:
+        return self.depth in BASIC_DEPTHS
 
     def _head(self, h: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -154,19 +189,24 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"depth={self.depth} is not supported; use one of {sorted(STAGE_DEPTHS)}.")
         if x.ndim != 4:
             raise ValueError(f"ResNetEncoder expects images [B, H, W, C]; got shape {x.shape}.")
-        if apply_head and self.latent_dim % 32:
+        if apply_head and (self.latent_dim % 32 or self.latent_dim < 64):
             raise ValueError(
-                f"latent_dim={self.latent_dim} must be a multiple of 32 (the head's GroupNorm has 32 groups)."
+                f"latent_dim={self.latent_dim} must be a multiple of 32 and at least 64: the head's GroupNorm has 32 "
+                "groups, and groups of one feature normalise every output to its bias."
             )
-        block_cls = nn.remat(BottleneckBlock) if self.remat else BottleneckBlock
+        if self.base_width % 32:
+            raise ValueError(f"base_width={self.base_width} must be a multiple of 32 (GroupNorm has 32 groups).")
+        block_cls = BasicBlock if self.depth in BASIC_DEPTHS else BottleneckBlock
+        block_cls = nn.remat(block_cls) if self.remat else block_cls
         h = self._stem((x.astype(self.dtype) + 1.0) / 2.0)
         for stage, num_blocks in enumerate(STAGE_DEPTHS[self.depth]):
             for b in range(num_blocks):
                 h = block_cls(
-                    features=64 * 2**stage * self.width_multiplier,
+                    features=self.base_width * 2**stage * self.width_multiplier,
                     stride=2 if (b == 0 and stage > 0) else 1,
                     sk_ratio=self.sk_ratio,
-                    use_projection=b == 0,
+                    # a bottleneck widens 4x from the first block on; a basic block only when a stage downsamples
+                    use_projection=b == 0 and (stage > 0 or not self._basic),
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"stage{stage}_block{b}",

@@ -1,0 +1,130 @@
+"""Architecture presets and schedules shared by the config files (imported as `configs.common`; not a config).
+
+The NCSN++ presets are the official `config.model` sections: one trunk shared by encoder and decoder.
+"""
+
+import ml_collections
+
+# ------------------------------------------------------------------ NCSN++ of the official configs
+
+CIFAR10_TRUNK = dict(
+    nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.15, resamp_with_conv=True,
+    fir=False, fir_kernel=(1, 3, 3, 1), skip_rescale=True, resblock_type="biggan", progressive_input="none",
+    progressive_combine="sum", init_scale=0.0, nonlinearity="swish",
+)  # fmt: skip
+
+# AFHQ-Cat, CelebA-HQ and LSUN-Bedroom (256×256) share the same architecture upstream.
+HQ256_TRUNK = dict(
+    nf=128, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0,
+    resamp_with_conv=True, fir=True, fir_kernel=(1, 3, 3, 1), skip_rescale=True, resblock_type="biggan",
+    progressive_input="input_skip", progressive_combine="sum", init_scale=0.0, nonlinearity="swish",
+)  # fmt: skip
+
+
+def ncsnpp_encoder(trunk, **fields):
+    """The official NCSN++ image encoder (latent_dim follows config.latent_dim)."""
+    section = dict(name="ncsnpp_encoder", num_base_channels=20, num_base_units=200, num_latent_transformation_layers=2)
+    return ml_collections.ConfigDict({**section, **trunk, **fields})
+
+
+def ncsnpp_decoder(trunk, **fields):
+    """The official NCSN++ rectified-flow decoder (latent and label inputs follow the composition)."""
+    section = dict(name="ncsnpp_decoder", time_conditional=True, embedding_type="positional", progressive="none",
+                   scale_by_sigma=False)  # fmt: skip
+    return ml_collections.ConfigDict({**section, **trunk, **fields})
+
+
+def hq256_models(config):
+    """Encoder with anchor heads at 64..4 px and a Fourier-time, FIR, progressive decoder (scale_by_sigma)."""
+    config.encoder = ncsnpp_encoder(HQ256_TRUNK, latent_transformation_resolutions=(64, 32, 16, 8, 4))
+    # Upstream divides the output by 999·t (score_sde's VE convention, kept in LZN's decoder).
+    config.decoder = ncsnpp_decoder(HQ256_TRUNK, embedding_type="fourier", fourier_scale=16.0, progressive="output_skip",
+                                    scale_by_sigma=True)  # fmt: skip
+
+
+# ------------------------------------------------------------------ small networks for CPU runs on digits
+
+DIGITS_TRUNK = dict(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,
+                    resblock_type="biggan", skip_rescale=True)  # fmt: skip
+
+
+def digits_data(config, *, num_views=1, augmentation="none"):
+    """scikit-learn's 8×8 digits, resized to 16×16: a fixed stratified split (1437 train, 360 test)."""
+    config.data.source = "digits"
+    config.data.name = "digits"
+    config.data.image_size = 16
+    config.data.num_channels = 1
+    config.data.num_classes = 10
+    config.data.num_views = num_views
+    config.data.augmentation = augmentation
+    config.num_classes = 10
+
+
+def schedule(config, *, steps, log=100, evals=None, checkpoint=None):
+    config.num_train_steps = steps
+    config.log_every_steps = log
+    config.eval_every_steps = evals or steps
+    config.checkpoint_every_steps = checkpoint or steps
+
+
+def official_training(config, *, batch_size, lr, ema, module_steps, eval_batch_size, checkpoint_every):
+    """The official trainer settings: Adam per module, LinearLR warm-up over 5000 steps, clip 1, EMA per module."""
+    config.batch_size = batch_size
+    config.num_train_steps = max(module_steps.values())
+    config.module_steps.update(module_steps)
+    config.optim.lr.update(lr)
+    config.optim.warmup_steps = 5000
+    config.optim.grad_clip = 1.0
+    config.ema.update(ema)
+    config.eval_batch_size = eval_batch_size
+    config.checkpoint_every_steps = checkpoint_every
+    config.log_every_steps = 100
+
+
+def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid_reference_num=None, classes=False):
+    """The official case-study-1/3 metrics on both evaluation samplers (rk45, euler10).
+
+    FID needs local Inception weights: enable it with `--config.evals.fid.every_steps=N` and
+    `--config.evals.fid.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth`.
+    """
+    evals = {
+        "samples": dict(every_steps=every, samplers=("rk45", "euler"), per_class=per_class, num=per_class),
+        "reconstruction": dict(every_steps=every, sampler="rk45", num=recon_num, repeats=recon_repeats),
+        "fid": dict(every_steps=-1, inception_weights="", sampler="rk45", num_samples=fid_num,
+                    num_reference_samples=fid_reference_num or 0, pipelines=("clean", "rf")),
+    }  # fmt: skip
+    if classes:
+        evals["class_accuracy"] = dict(every_steps=every, splits=("test", "train"))
+        evals["class_accuracy_std"] = dict(kind="class_accuracy", every_steps=every, splits=("test",),
+                                           stds=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2))  # fmt: skip
+    return ml_collections.ConfigDict(evals)
+
+
+def runlocal(config, *, image_size=None):
+    """big_vision's `runlocal`: the same composition, tiny — a few steps of small networks, for a laptop check.
+
+    Use it as `--config=configs/<name>.py:runlocal`.
+    """
+    config.batch_size = 8
+    schedule(config, steps=3, log=1, evals=3, checkpoint=3)
+    config.eval_batch_size = 8
+    config.optim.warmup_steps = 2
+    config.module_steps.update({m: -1 for m in config.module_steps})
+    if image_size:
+        config.data.image_size = image_size
+    small = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, fir=False,
+                 progressive_input="none")  # fmt: skip
+    for section in ("encoder", "decoder"):
+        if config[section].get("name", "").startswith("ncsnpp"):
+            config[section].update(small)
+    if config.encoder.get("name") == "ncsnpp_encoder":
+        config.encoder.update(dict(num_base_channels=4, num_base_units=32, latent_transformation_resolutions=None))
+    if config.decoder.get("name") == "ncsnpp_decoder":
+        config.decoder.progressive = "none"
+    if config.encoder.get("name") == "resnet":
+        config.encoder.update(dict(width_multiplier=1, depth=50))
+    for spec in config.evals.values():
+        spec.every_steps = -1
+    config.zoning.num_steps = min(config.zoning.num_steps, 4)
+    config.zoning.label_num_steps = min(config.zoning.label_num_steps, 4)
+    return config

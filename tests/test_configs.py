@@ -1,0 +1,57 @@
+"""Every config file loads, passes the checks and builds its whole train state (shapes only: jax.eval_shape)."""
+
+import jax
+import pytest
+from support import CONFIG_DIR
+from support import load_config as load
+
+from lzn_jax import configlib, optim, tasks, train, train_state
+
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "common")
+
+
+def abstract_state(config):
+    task = tasks.build(config)
+    optimizer = optim.make_optimizer(config.optim, task.modules)
+    init = train_state.init_fn(task, optimizer, train.batch_spec(config, 1))
+    return task, jax.eval_shape(init, jax.random.key(0))
+
+
+def test_every_experiment_has_a_config():
+    expected = {"gen_cifar10", "gen_afhq_cat", "gen_celebahq", "gen_lsun_bedroom", "repr_imagenet", "joint_cifar10",
+                "digits_joint", "digits_gen", "digits_repr", "digits_simclr"}  # fmt: skip
+    assert expected <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_config_checks_and_builds(name, arg):
+    config = load(name, arg)
+    configlib.check(config)
+    task, state = abstract_state(config)
+    assert set(state.params) == set(task.modules) == set(tasks.model_configs(config))
+    assert jax.tree.structure(state.ema_params) == jax.tree.structure(state.params)
+    if arg == "runlocal":
+        assert config.num_train_steps <= 5 and config.batch_size <= 16
+
+
+def test_paper_configs_keep_the_official_hyperparameters():
+    joint = load("joint_cifar10")
+    assert (joint.batch_size, joint.latent_dim, joint.num_train_steps) == (2000, 200, 200_000)
+    assert dict(joint.module_steps) == {"encoder": 200_000, "decoder": 60_000, "label_anchors": 200_000}
+    assert dict(joint.optim.lr) == {"encoder": 5e-5, "decoder": 2e-3, "label_anchors": 1e-4}
+    assert (joint.zoning.solver, joint.zoning.num_steps, joint.zoning.label_num_steps) == ("dpm_solver++", 20, 100)
+    assert joint.optim.warmup_steps == 5000 and joint.optim.grad_clip == 1.0 and joint.ema.decoder == 0.999999
+    repr_ = load("repr_imagenet")
+    assert (repr_.batch_size, repr_.latent_dim, repr_.optim.lr.encoder, repr_.ema.encoder) == (8192, 256, 8e-4, 0.9999)
+    assert (repr_.zoning.solver, repr_.zoning.prior_scale, repr_.zoning.cutoff) == ("euler", 0.45, 0.2)
+    assert (repr_.loss.prob, repr_.loss.cross_entropy) == (0.0, 1.0)
+    afhq = load("gen_afhq_cat")
+    assert (afhq.batch_size, afhq.optim.lr.encoder, afhq.optim.lr.decoder, afhq.num_train_steps) == (256, 2e-6, 2e-4, 60_000)
+
+
+def test_the_plain_rectified_flow_baseline_is_one_override_away():
+    config = configlib.override(load("digits_joint"), conditional=False, **{"encoder.name": ""})
+    configlib.check(config)
+    task, state = abstract_state(config)
+    assert task.modules == ("decoder",) and task.encoder is None and not task.conditional
