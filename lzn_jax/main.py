@@ -22,9 +22,18 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train and evaluate
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.Filter):
+    """Orbax and TensorFlow log every checkpoint step at INFO; keep their warnings and errors only."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or not any(lib in record.pathname for lib in ("/orbax/", "/tensorflow"))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietLibraries())
     parallel.maybe_initialize_distributed()
     import jax  # after distributed initialisation: the first backend call fixes the process layout
 
