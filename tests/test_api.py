@@ -1,0 +1,137 @@
+"""The public inference API: compositions of the encoders and decoders, their input checks, and loading."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from support import load_config
+
+from lzn_jax import api, checkpoint, configlib, train
+
+TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+
+
+def tiny_joint():
+    config = load_config("digits_joint", "runlocal")
+    config.encoder.update(TINY)
+    config.decoder.update(TINY)
+    config.data.image_size = 8
+    config.rf.euler_steps = 3
+    return config
+
+
+@pytest.fixture(scope="module")
+def model():
+    lzn = api.LZN.from_config(tiny_joint())
+    params = lzn.task.init(jax.random.key(0), {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)})
+    return lzn, params
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(6, 8, 8, 1)), jnp.float32)
+
+
+def test_compositions_have_the_documented_shapes(model, images):
+    lzn, params = model
+    key = jax.random.key(1)
+    assert lzn.embed(params, images).shape == (6, 32)
+    assert lzn.latents(params, images, key=key).shape == (6, 32)
+    labels = lzn.classify(params, images, key=key)
+    assert labels.shape == (6,) and jnp.issubdtype(labels.dtype, jnp.integer)
+    assert np.all((np.asarray(labels) >= 0) & (np.asarray(labels) < 10))
+    generated = lzn.generate(params, key, labels=jnp.arange(4))
+    assert generated.shape == (4, 8, 8, 1) and np.all(np.isfinite(generated))
+    assert lzn.reconstruct(params, images, key=key).shape == images.shape
+    path = lzn.interpolate(params, images[0], images[1], steps=5, key=key)
+    assert path.shape == (5, 8, 8, 1)
+
+
+def test_the_methods_are_pure_and_jittable(model, images):
+    lzn, params = model
+    key = jax.random.key(2)
+    eager = lzn.classify(params, images, key=key)
+    jitted = jax.jit(lambda p, x, k: lzn.classify(p, x, key=k))(params, images, key)
+    np.testing.assert_array_equal(eager, jitted)
+    np.testing.assert_array_equal(lzn.latents(params, images, key=key), lzn.latents(params, images, key=key))
+
+
+def test_latents_depend_on_the_zoning_batch_and_context_makes_that_explicit(model, images):
+    """An image's latent is its zone in the mixture of every image it is encoded with."""
+    lzn, params = model
+    key = jax.random.key(3)
+    alone = lzn.latents(params, images[:2], key=key, prior_std=0.0)
+    with_context = lzn.latents(params, images[:2], key=key, context=images[2:], prior_std=0.0)
+    assert with_context.shape == (2, 32)
+    assert not np.allclose(alone, with_context)
+    np.testing.assert_allclose(with_context, lzn.latents(params, images, key=key, prior_std=0.0)[:2], rtol=1e-5)
+
+
+def test_deterministic_latents_with_prior_std_zero(model, images):
+    lzn, params = model
+    a = lzn.latents(params, images, key=jax.random.key(4), prior_std=0.0)
+    b = lzn.latents(params, images, key=jax.random.key(5), prior_std=0.0)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_slerp_keeps_the_ends_and_the_norm():
+    a, b = jnp.asarray([3.0, 0.0]), jnp.asarray([0.0, 3.0])
+    path = api.slerp(a, b, jnp.linspace(0, 1, 5))
+    np.testing.assert_allclose(path[0], a, atol=1e-6)
+    np.testing.assert_allclose(path[-1], b, atol=1e-6)
+    np.testing.assert_allclose(jnp.linalg.norm(path, axis=-1), 3.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda m, p, x: m.embed(p, x[:, :4]), ValueError, "this model takes (8, 8, 1)"),
+        (lambda m, p, x: m.embed(p, x[0]), ValueError, "must be a batch [B, H, W, C]"),
+        (lambda m, p, x: m.embed(p, jnp.repeat(x, 3, axis=-1)), ValueError, "this model takes (8, 8, 1)"),
+        (lambda m, p, x: m.embed(p, (x * 127).astype(jnp.uint8)), TypeError, "x / 127.5 - 1"),
+        (lambda m, p, x: m.embed(p, x[:0]), ValueError, "is empty"),
+        (lambda m, p, x: m.classify(p, x[:, :, :6], key=jax.random.key(0)), ValueError, "(8, 6, 1)"),
+        (lambda m, p, x: m.generate(p, jax.random.key(0)), ValueError, "label-conditional: pass labels"),
+        (lambda m, p, x: m.generate(p, jax.random.key(0), labels=jnp.zeros((2, 1), jnp.int32)), ValueError, "int array [B]"),
+        (lambda m, p, x: m.generate(p, jax.random.key(0), labels=jnp.zeros(2)), ValueError, "int array [B]"),
+        (lambda m, p, x: m.generate(p, jax.random.key(0), labels=jnp.arange(2), sampler="ddim"), ValueError, "Unknown sampler"),
+        (lambda m, p, x: m.interpolate(p, x[0], x[1], steps=1, key=jax.random.key(0)), ValueError, "at least 2"),
+        (lambda m, p, x: m.latents(p, x, key=jax.random.key(0), context=x[:, :4]), ValueError, "`context`"),
+    ],
+)
+def test_bad_inputs_say_what_was_expected(model, images, call, error, message):
+    lzn, params = model
+    with pytest.raises(error) as info:
+        call(lzn, params, images)
+    assert message in str(info.value)
+
+
+def test_compositions_the_model_lacks_are_refused():
+    config = configlib.override(tiny_joint(), conditional=False, **{"encoder.name": ""})
+    lzn = api.LZN.from_config(config)
+    params = lzn.task.init(jax.random.key(0), {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)})
+    x = jnp.zeros((2, 8, 8, 1))
+    with pytest.raises(ValueError, match="cannot embed images"):
+        lzn.embed(params, x)
+    with pytest.raises(ValueError, match="cannot classify"):
+        lzn.classify(params, x, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="Pass `num`"):
+        lzn.generate(params, jax.random.key(0))
+    assert lzn.generate(params, jax.random.key(0), num=3).shape == (3, 8, 8, 1)
+
+
+def test_load_a_workdir_written_by_training(tmp_path):
+    """A workdir as lzn_jax.main leaves it: config.json and an Orbax checkpoint of the train state."""
+    config = tiny_joint()
+    run = train.setup(config, str(tmp_path))  # a fresh state, as at the start of training
+    state = run.state.replace(ema_params=jax.tree.map(lambda x: x + 1.0, run.state.params))
+    train._write_config(config, str(tmp_path))
+    checkpoint.save(run.manager, 7, state.to_items())
+    run.manager.wait_until_finished()
+    lzn, params = api.load(str(tmp_path))
+    jax.tree.map(np.testing.assert_array_equal, params, state.ema_params)
+    _, raw = api.load(str(tmp_path), use_ema=False)
+    jax.tree.map(np.testing.assert_array_equal, raw, state.params)
+    assert lzn.classify(params, jnp.zeros((3, 8, 8, 1)), key=jax.random.key(0)).shape == (3,)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        api.load(str(tmp_path / "nowhere"))
