@@ -1,0 +1,134 @@
+"""The evaluators the training loop runs (config.evals), on tiny models: names, files, and the batch behaviour
+of class accuracy."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from support import load_config
+
+from lzn_jax import evaluators, parallel, tasks
+from lzn_jax.evaluators import inception
+
+TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+
+
+def tiny_config(name):
+    config = load_config(name, "runlocal")
+    for section in ("encoder", "decoder"):
+        if config[section].get("name", "").startswith("ncsnpp"):
+            config[section].update(TINY)
+    config.data.image_size = 8
+    config.rf.euler_steps = 2
+    config.eval_batch_size = 64
+    return config
+
+
+def init(config):
+    task = tasks.build(config)
+    batch = {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)}
+    if config.data.num_views == 2:
+        batch["image2"] = batch["image"]
+    return task, task.init(jax.random.key(0), batch)
+
+
+@pytest.fixture(scope="module")
+def joint():
+    config = tiny_config("digits_joint")
+    task, params = init(config)
+    return config, task, params, parallel.make_mesh(-1)
+
+
+def build(name, spec, config, task, mesh, workdir=None):
+    return evaluators.build(name, spec, task=task, config=config, workdir=workdir, mesh=mesh, writer=None)
+
+
+def test_unknown_evaluator_names_the_valid_kinds(joint):
+    config, task, _, mesh = joint
+    with pytest.raises(ValueError, match="did you mean 'samples'"):
+        build("samplez", {}, config, task, mesh)
+
+
+def test_class_accuracy_names_and_padding_rows_change_no_prediction(joint):
+    config, task, params, mesh = joint
+    ev = build("class_accuracy", dict(splits=("test",), stds=(0.0, 1.0), batch_size=64), config, task, mesh)
+    with jax.set_mesh(mesh):
+        results = dict(ev.run(params, 0))
+        assert set(results) == {"eval/accuracy", "eval/accuracy_with_class_weights", "eval/accuracy_std1",
+                                "eval/accuracy_std1_with_class_weights"}  # fmt: skip
+        assert all(0.0 <= v <= 1.0 for v in results.values())
+        # A batch of 5 real rows padded to 8 (mask False, weight 0 in the mixture) predicts as the 5 rows alone.
+        x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(8, 8, 8, 1)), jnp.float32)
+        labels, prior = jnp.arange(8) % 10, jnp.zeros((8, config.latent_dim))
+        mask = jnp.arange(8) < 5
+        padded = ev._local_predict(params, x, labels, mask, prior, axis_name=None)
+        alone = ev._local_predict(params, x[:5], labels[:5], mask[:5], prior[:5], axis_name=None)
+        for p, a in zip(padded, alone):
+            np.testing.assert_array_equal(p[:5], a)
+        # ... whereas another batch around the same rows gives them other latents (the documented dependence).
+        zeros = jnp.zeros((10, config.latent_dim))
+        other = task.image_latents(params, jnp.concatenate([x[:5], -x[:5]]), zeros)
+        assert not np.allclose(other[:5], task.image_latents(params, x[:5], zeros[:5]))
+
+
+def test_samples_write_one_png_per_sampler(joint, tmp_path):
+    config, task, params, mesh = joint
+    ev = build("samples", dict(samplers=("euler",), per_class=1), config, task, mesh, str(tmp_path))
+    with jax.set_mesh(mesh):
+        results = dict(ev.run(params, 12))
+    assert os.listdir(tmp_path / "samples") == ["euler_00000012.png"]
+    assert np.isfinite(results["eval/samples_euler_std"])
+
+
+def test_reconstruction_error_is_reported(joint, tmp_path):
+    config, task, params, mesh = joint
+    ev = build("reconstruction", dict(num=4, repeats=1), config, task, mesh, str(tmp_path))
+    with jax.set_mesh(mesh):
+        results = dict(ev.run(params, 3))
+    assert results["eval/reconstruction_l2_euler"] > 0 and np.isfinite(results["eval/reconstruction_l2_euler"])
+    assert os.listdir(tmp_path / "reconstructions") == ["euler_00000003.png"]
+
+
+def test_sample_classifier_accuracy(joint):
+    config, task, params, mesh = joint
+    ev = build("sample_accuracy", dict(per_class=2, num_epochs=2), config, task, mesh)
+    with jax.set_mesh(mesh):
+        results = dict(ev.run(params, 0))
+    assert set(results) == {"eval/sample_accuracy_euler", "eval/sample_classifier_test_accuracy"}
+    assert all(0.0 <= v <= 1.0 for v in results.values())
+
+
+def test_fid_with_inception_weights_from_a_file(joint, tmp_path):
+    config, task, params, mesh = joint
+    weights = tmp_path / "inception.npz"
+    np.savez(weights, **inception.state_dict_from_variables(inception.init_inception_variables(0)))
+    spec = dict(inception_weights=str(weights), num_samples=4, batch_size=4, pipelines=("clean",),
+                num_reference_samples=4)  # fmt: skip
+    ev = build("fid", spec, config, task, mesh, str(tmp_path))
+    with jax.set_mesh(mesh):
+        results = dict(ev.run(params, 0))
+    assert np.isfinite(results["eval/fid_clean_euler"])
+    assert any(name.startswith("fid_stats_") for name in os.listdir(tmp_path))  # reference statistics cached
+    with pytest.raises(ValueError, match="inception_weights"):
+        build("fid", {}, config, task, mesh, str(tmp_path))
+
+
+def test_linear_probe_and_export_on_a_representation_model(tmp_path):
+    config = tiny_config("digits_repr")
+    config.encoder.update(dict(depth=18, base_width=32, small_images=True))
+    config.latent_dim = 64
+    task, params = init(config)
+    mesh = parallel.make_mesh(-1)
+    probe = build("linear_probe", dict(num_epochs=2, batch_size=64, modes=("no_head", "head")), config, task, mesh)
+    export = build("export", dict(split="test"), config, task, mesh, str(tmp_path))
+    with jax.set_mesh(mesh):
+        results = dict(probe.run(params, 0))
+        exported = dict(export.run(params, 5))
+    assert {"eval/linear_probe_accuracy", "eval/linear_probe_accuracy_head", "eval/linear_probe_accuracy_pixels"} <= set(results)
+    assert all(0.0 <= results[k] <= 1.0 for k in results if "accuracy" in k)
+    assert exported["eval/exported_embeddings"] == 360.0
+    files = sorted(os.listdir(tmp_path / "embeddings"))
+    features = np.load(tmp_path / "embeddings" / [f for f in files if not f.endswith("_labels.npy")][0])
+    assert features.shape == (360, 256)  # ResNet-18 at base width 32: 8·32 pooled features (no head)
