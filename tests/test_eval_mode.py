@@ -1,0 +1,38 @@
+"""An official PyTorch checkpoint, converted, evaluated by `lzn_jax.main --mode=eval` (train.evaluate)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+from support import load_config
+from test_convert import all_fields, official_state_shapes, synthetic_state_dict
+
+from lzn_jax import api, convert, train
+
+TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+
+
+def test_converted_official_checkpoint_is_evaluated_and_loaded(tmp_path):
+    config = load_config("digits_joint", "runlocal")
+    config.encoder.update(TINY)
+    config.decoder.update(TINY)
+    config.data.image_size = 8
+    config.rf.euler_steps = 2
+    config.evals = {"class_accuracy": dict(splits=("test",), stds=(0.0,), batch_size=360)}
+    official = {}
+    for section, fields in convert.model_sections(config).items():
+        entry = convert.CHECKPOINT_ENTRIES[section]
+        official[entry] = synthetic_state_dict(official_state_shapes(all_fields(fields), 8, 1))
+    params, ema = convert.convert_checkpoint(official, config)
+    out = str(tmp_path / "converted")
+    convert.save_converted(out, params, ema)
+
+    config.checkpoint.path = out
+    workdir = str(tmp_path / "eval")
+    results = train.evaluate(config, workdir)
+    assert set(results) == {"eval/accuracy", "eval/accuracy_with_class_weights"}
+    assert json.load(open(os.path.join(workdir, "eval_0.json"))) == results
+
+    lzn, loaded = api.load(out, config=config)
+    jax.tree.map(np.testing.assert_array_equal, loaded, ema)
