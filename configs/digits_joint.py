@@ -35,5 +35,7 @@ def get_config(arg=None):
         # eval/accuracy_std1 with the official ClassAccuracy's std-1 prior noise.
         "class_accuracy": dict(every_steps=500, splits=("test",), stds=(0.0, 1.0)),
         "samples": dict(every_steps=500, per_class=10, samplers=("euler",)),
+        # how recognisable label-conditional samples are to a classifier trained on real digits (at the end)
+        "sample_accuracy": dict(every_steps=1500, per_class=50),
     })  # fmt: skip
     return common.runlocal(config) if arg == "runlocal" else config
