@@ -42,6 +42,29 @@ def hq256_models(config):
                                     scale_by_sigma=True)  # fmt: skip
 
 
+def hq256_generation(*, name, data_dir, train_split, test_split, steps, encoder_lr, ema, eval_batch_size, fid_num):
+    """Case study 1 at 256×256 (AFHQ-Cat, CelebA-HQ, LSUN-Bedroom): the official settings that differ per set."""
+    from lzn_jax import configlib  # configs import this module; the base config lives in the package
+
+    config = configlib.base_config()
+    config.task = "generation"
+    config.conditional = False
+    config.latent_dim = 200
+    config.num_classes = 1
+    config.data.update(dict(source="image_folder", name=name, data_dir=data_dir, train_split=train_split,
+                            test_split=test_split, image_size=256, num_channels=3, num_classes=1, augmentation="flip"))  # fmt: skip
+    hq256_models(config)
+    config.zoning.update(dict(solver="dpm_solver++", num_steps=20))
+    official_training(
+        config, batch_size=256, eval_batch_size=eval_batch_size, checkpoint_every=2000,
+        lr=dict(encoder=encoder_lr, decoder=2e-4), ema=dict(encoder=ema, decoder=ema),
+        module_steps=dict(encoder=steps, decoder=steps),
+    )  # fmt: skip
+    config.evals = generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20, fid_num=fid_num,
+                                    fid_reference_num=1024)  # fmt: skip
+    return config
+
+
 # ------------------------------------------------------------------ small networks for CPU runs on digits
 
 DIGITS_TRUNK = dict(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,

@@ -8,24 +8,11 @@ decoder with FIR resampling, progressive skips and Gaussian-Fourier time feature
 """
 
 from configs import common
-from lzn_jax import configlib
 
 
 def get_config(arg=None):
-    config = configlib.base_config()
-    config.task = "generation"
-    config.conditional = False
-    config.latent_dim = 200
-    config.num_classes = 1
-    config.data.update(dict(source="image_folder", name="afhq_cat", data_dir="gs://BUCKET/AFHQ", train_split="train/cat",
-                            test_split="val/cat", image_size=256, num_channels=3, num_classes=1, augmentation="flip"))  # fmt: skip
-    common.hq256_models(config)
-    config.zoning.update(dict(solver="dpm_solver++", num_steps=20))
-    common.official_training(
-        config, batch_size=256, eval_batch_size=256, checkpoint_every=2000,
-        lr=dict(encoder=2e-6, decoder=2e-4), ema=dict(encoder=0.999999, decoder=0.999999),
-        module_steps=dict(encoder=60_000, decoder=60_000),
+    config = common.hq256_generation(
+        name="afhq_cat", data_dir="gs://BUCKET/AFHQ", train_split="train/cat", test_split="val/cat", steps=60_000,
+        encoder_lr=2e-6, ema=0.999999, eval_batch_size=256, fid_num=5120,
     )  # fmt: skip
-    config.evals = common.generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20,
-                                           fid_num=5120, fid_reference_num=1024)  # fmt: skip
     return common.runlocal(config, image_size=32) if arg == "runlocal" else config

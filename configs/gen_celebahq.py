@@ -8,24 +8,11 @@ decoder with FIR resampling, progressive skips and Gaussian-Fourier time feature
 """
 
 from configs import common
-from lzn_jax import configlib
 
 
 def get_config(arg=None):
-    config = configlib.base_config()
-    config.task = "generation"
-    config.conditional = False
-    config.latent_dim = 200
-    config.num_classes = 1
-    config.data.update(dict(source="image_folder", name="celebahq", data_dir="gs://BUCKET/CelebA-HQ-1024", train_split="",
-                            test_split="", image_size=256, num_channels=3, num_classes=1, augmentation="flip"))  # fmt: skip
-    common.hq256_models(config)
-    config.zoning.update(dict(solver="dpm_solver++", num_steps=20))
-    common.official_training(
-        config, batch_size=256, eval_batch_size=256, checkpoint_every=2000,
-        lr=dict(encoder=4e-6, decoder=2e-4), ema=dict(encoder=0.9999, decoder=0.9999),
-        module_steps=dict(encoder=350_000, decoder=350_000),
+    config = common.hq256_generation(
+        name="celebahq", data_dir="gs://BUCKET/CelebA-HQ-1024", train_split="", test_split="", steps=350_000,
+        encoder_lr=4e-6, ema=0.9999, eval_batch_size=256, fid_num=29_952,
     )  # fmt: skip
-    config.evals = common.generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20,
-                                           fid_num=29952, fid_reference_num=1024)  # fmt: skip
     return common.runlocal(config, image_size=32) if arg == "runlocal" else config

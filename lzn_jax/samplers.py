@@ -67,6 +67,19 @@ def rk45_inverse(velocity: Velocity, data: jax.Array, *, rtol=1e-5, atol=1e-5, e
     return _rk45(velocity, data, 1.0, eps, rtol, atol, max_steps)
 
 
+SAMPLERS = ("euler", "rk45")
+
+
+def integrate(velocity: Velocity, x: jax.Array, *, t0: float, t1: float, sampler: str, num_steps: int,
+              rtol: float = 1e-5, atol: float = 1e-5) -> jax.Array:  # fmt: skip
+    """x at t0 -> x at t1 with `sampler` ("euler": num_steps fixed steps; "rk45": adaptive Dopri5)."""
+    if sampler == "euler":
+        return _euler(velocity, x, t0, t1, num_steps)
+    if sampler == "rk45":
+        return _rk45(velocity, x, t0, t1, rtol, atol, max_steps=4096)[0]
+    raise ValueError(f"Unknown sampler {sampler!r}; use one of {SAMPLERS}.")
+
+
 def interpolate_xt(x1: jax.Array, x0: jax.Array, t: jax.Array) -> jax.Array:
     """x_t = t·x1 + (1−t)·x0 with t [B] broadcast over the image axes."""
     t = t.reshape((-1,) + (1,) * (x1.ndim - 1))

@@ -176,25 +176,19 @@ class GenerationTask:
 
     # ---------------------------------------------------------------- sampling and inversion
 
-    def decode(self, params, noise, latent=None, labels=None, *, sampler="euler"):
-        """noise x0 [B, H, W, C] -> images at t = 1, conditioned on latent / labels. sampler: euler | rk45."""
+    def _integrate(self, params, x, latent, labels, sampler, t0, t1):
+        rtol, atol = self.rk45_tol
         velocity = self.velocity_fn(params, latent, labels)
-        if sampler == "euler":
-            return samplers.euler_sample(velocity, noise, num_steps=self.euler_steps, eps=self.t_eps)
-        if sampler == "rk45":
-            rtol, atol = self.rk45_tol
-            return samplers.rk45_sample(velocity, noise, rtol=rtol, atol=atol, eps=self.t_eps)[0]
-        raise ValueError(f"Unknown sampler {sampler!r}; use 'euler' or 'rk45'.")
+        return samplers.integrate(velocity, x, t0=t0, t1=t1, sampler=sampler, num_steps=self.euler_steps, rtol=rtol,
+                                  atol=atol)  # fmt: skip
+
+    def decode(self, params, noise, latent=None, labels=None, *, sampler="euler"):
+        """noise x0 [B, H, W, C] at t = eps -> images at t = 1, conditioned on latent / labels (euler | rk45)."""
+        return self._integrate(params, noise, latent, labels, sampler, self.t_eps, 1.0)
 
     def invert(self, params, images, latent=None, labels=None, *, sampler="euler"):
-        """images [B, H, W, C] at t = 1 -> the initial noise the decoder ODE maps to them."""
-        velocity = self.velocity_fn(params, latent, labels)
-        if sampler == "euler":
-            return samplers.euler_inverse(velocity, images, num_steps=self.euler_steps, eps=self.t_eps)
-        if sampler == "rk45":
-            rtol, atol = self.rk45_tol
-            return samplers.rk45_inverse(velocity, images, rtol=rtol, atol=atol, eps=self.t_eps)[0]
-        raise ValueError(f"Unknown sampler {sampler!r}; use 'euler' or 'rk45'.")
+        """images [B, H, W, C] at t = 1 -> the initial noise the decoder ODE maps to them (euler | rk45)."""
+        return self._integrate(params, images, latent, labels, sampler, 1.0, self.t_eps)
 
     def sample(self, params, key, labels=None, *, num=None, sampler="euler"):
         """New images: labels [B] → label zones (conditional), else latent ~ N(0, I) (or no latent)."""

@@ -43,10 +43,7 @@ class SimCLRTask:
         if config.loss.temperature <= 0:
             raise ValueError(f"config.loss.temperature must be positive; got {config.loss.temperature}.")
 
-    @classmethod
-    def model_configs(cls, config) -> dict:
-        cls.check_config(config)
-        return {"encoder": common.complete_section(config.encoder, "encoder", latent_dim=config.latent_dim)}
+    model_configs = RepresentationTask.model_configs
 
     @classmethod
     def from_config(cls, config) -> "SimCLRTask":
