@@ -76,23 +76,36 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     task = tasks.build(config)
     optimizer = optim.make_optimizer(config.optim, task.modules)
     rng = jax.random.key(config.seed)
-    state, shardings = train_state.create(task, optimizer, batch_spec(config, 2), rng, mesh, config.mesh.fsdp)
+    init = train_state.init_fn(task, optimizer, batch_spec(config, 2))
+    abstract_state = jax.eval_shape(init, rng)  # shapes only: a resumed run never computes the initial state
+    shardings = train_state.state_shardings(abstract_state, mesh, config.mesh.fsdp)
+    target = _abstract_items(abstract_state, shardings, mesh)
     manager = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, _abstract_items(state))
+    start = time.perf_counter()
+    restored = checkpoint.restore_latest(manager, target)
     if restored is not None:
         step, items = restored
         state = train_state.TrainState.from_items(items)
-        logging.info("Resumed from %s at step %d.", manager.directory, step)
-    elif config.checkpoint.path:
-        loaded = checkpoint.restore_params(config.checkpoint.path, _abstract_items(state))
-        state = state.replace(params=loaded["params"], ema_params=loaded["ema_params"])
-        logging.info("Loaded params and EMA params from %s.", config.checkpoint.path)
+        logging.info("Resumed from %s at step %d (restored in %.2f s).", manager.directory, step, time.perf_counter() - start)
+    else:
+        state = jax.jit(init, out_shardings=shardings)(rng)
+        if config.checkpoint.path:
+            loaded = checkpoint.restore_params(config.checkpoint.path, target)
+            state = state.replace(params=loaded["params"], ema_params=loaded["ema_params"])
+            logging.info("Loaded params and EMA params from %s.", config.checkpoint.path)
     return Run(config, workdir, mesh, task, optimizer, state, shardings, manager, int(state.step))
 
 
-def _abstract_items(state) -> dict:
-    """ShapeDtypeStructs (with shardings) of the checkpoint items: the target Orbax restores into."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.to_items())
+def _abstract_items(abstract_state, shardings, mesh) -> dict:
+    """ShapeDtypeStructs (with shardings) of the checkpoint items: the target Orbax restores into.
+
+    The params-like items take their shardings from `shardings`; `meta` (counters, key data) is replicated,
+    as `train_state.state_shardings` places it.
+    """
+    items = jax.eval_shape(lambda state: state.to_items(), abstract_state)
+    placed = {"params": shardings.params, "ema_params": shardings.ema_params, "opt_state": shardings.opt_state}
+    placed["meta"] = jax.tree.map(lambda _: parallel.replicated(mesh), items["meta"])
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), items, placed)
 
 
 def _write_config(config, workdir) -> None:
