@@ -8,6 +8,7 @@ would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -170,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
     skip_check_every = max(1, min(config.log_every_steps, config.max_consecutive_skips))
     state, averager = run.state, _MetricAverager()
-    with jax.set_mesh(run.mesh):
+    with jax.set_mesh(run.mesh), _saves_completed(run.manager):
         for step in range(run.start_step + 1, config.num_train_steps + 1):
             state, metrics = step_fn(state, parallel.global_batch(next(batches), run.mesh))
             averager.add(metrics)
@@ -194,9 +195,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                 writer.write_scalars(step, scalars)
             if step % config.checkpoint_every_steps == 0 or final:
                 _save(run, state, step)
-    run.manager.wait_until_finished()
     writer.flush()
     return state
+
+
+@contextlib.contextmanager
+def _saves_completed(manager):
+    """Waits for the asynchronous checkpoint writes on the way out, also when the loop stops with an error."""
+    try:
+        yield
+    finally:
+        manager.wait_until_finished()
 
 
 def _save(run: Run, state, step: int) -> None:
