@@ -24,7 +24,10 @@ class CheckpointMismatchError(ValueError):
 
 
 def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
+    # A writer removes the temporary directories of saves a killed run left half-written (never listed as steps).
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only
+    )
     # Naming the handlers lets a fresh process read item metadata before restoring anything.
     handlers = {item: ocp.StandardCheckpointHandler() for item in ITEMS}
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)

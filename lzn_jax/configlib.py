@@ -92,21 +92,31 @@ def base_config() -> ml_collections.ConfigDict:
 def override(config: ml_collections.ConfigDict, **updates: Any) -> ml_collections.ConfigDict:
     """Sets dotted keys (`override(c, **{"data.image_size": 16})`), with the nearest-key error of `check`."""
     for dotted, value in updates.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = _child(node, part, dotted)
-        _child(node, leaf, dotted)
+        node, leaf = _parent(config, dotted)
         node[leaf] = value
     return config
 
 
+def check_key(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Raises ValueError naming the nearest valid key when `dotted` (e.g. "data.image_size") is not in config."""
+    _parent(config, dotted)
+
+
+def _parent(config, dotted):
+    """(the section holding the last part of `dotted`, that last part), every part checked."""
+    node, where = config, "config"
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node, where = _child(node, part, where), f"{where}.{part}"
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ValueError(f"{where} is a value, not a section: config.{dotted} does not exist.")
+    _child(node, leaf, where)
+    return node, leaf
+
+
 def check(config: ml_collections.ConfigDict) -> None:
     """Validates a config before any compute starts; raises ValueError naming the key and the fix."""
-    known = set(base_config().keys())
-    for key in config.keys():
-        if key not in known:
-            raise ValueError(_unknown_key_message(key, known, "config"))
+    _check_section(config, base_config(), "config")
     data_lib.validate_config(config.data)
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r} is not a task; use one of {TASKS}.")
@@ -123,6 +133,37 @@ def check(config: ml_collections.ConfigDict) -> None:
     tasks.check_config(config)
 
 
+def _check_section(section, reference, where: str) -> None:
+    """Every key of `section` exists in `reference` with a value of the same kind (recursively).
+
+    Model sections and `evals` are free-form (models.build and the evaluators check their fields by name).
+    """
+    for key in section.keys():
+        if key not in reference:
+            raise ValueError(_unknown_key_message(key, set(reference.keys()), where))
+        value, default, path = section[key], reference[key], f"{where}.{key}"
+        if where == "config" and key in (*MODULES, "evals"):
+            if not isinstance(value, (dict, ml_collections.ConfigDict)):
+                raise ValueError(f"{path} must be a section (ConfigDict); got {type(value).__name__} {value!r}.")
+        elif isinstance(default, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ValueError(f"{path} must be a section (ConfigDict); got {type(value).__name__} {value!r}.")
+            _check_section(value, default, path)
+        elif not _same_kind(value, default):
+            raise ValueError(f"{path}={value!r} is a {type(value).__name__}; it must be a {type(default).__name__} "
+                            f"(default {default!r}).")  # fmt: skip
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):  # ints are fine where a float is expected
+        return isinstance(value, (int, float))
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return default is None or isinstance(value, type(default))
+
+
 def _positive(config, keys: Iterable[str]) -> None:
     for key in keys:
         value = config[key]
@@ -130,9 +171,9 @@ def _positive(config, keys: Iterable[str]) -> None:
             raise ValueError(f"config.{key} must be a positive integer; got {value!r}.")
 
 
-def _child(node, part, dotted):
+def _child(node, part, where):
     if part not in node:
-        raise ValueError(_unknown_key_message(part, set(node.keys()), dotted))
+        raise ValueError(_unknown_key_message(part, set(node.keys()), where))
     return node[part]
 
 

@@ -9,11 +9,12 @@ r"""Entry point: parses flags, sets up devices and logging, and calls the train 
 import logging
 import os
 import sys
+from typing import Optional
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from lzn_jax import parallel, train
+from lzn_jax import configlib, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -47,20 +48,58 @@ def main(argv):
             print(f"{name}: {value:.6g}")
 
 
+def _config_arg(argv) -> Optional[str]:
+    """The value of --config (e.g. "configs/digits_joint.py:runlocal"), or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def _config_root_on_path(argv) -> None:
     """Config files import shared pieces as `configs.<module>`: put the folder above `configs/` on sys.path."""
-    for i, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
-        if path:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":")[0])))
-            if root not in sys.path:
-                sys.path.insert(0, root)
+    path = _config_arg(argv)
+    if path:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":")[0])))
+        if root not in sys.path:
+            sys.path.insert(0, root)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing; an override naming no config key becomes configlib's nearest-key ValueError.
+
+    ml_collections resolves `--config.a.b=v` while parsing --config and raises a bare AttributeError/KeyError.
+    """
+    try:
+        remaining = app.parse_flags_with_usage(argv)
+        FLAGS.config.keys()  # ml_collections defers a config file's load failure to its first use
+    except OSError as error:
+        reason = " ".join(str(error).split())
+        raise FileNotFoundError(f"--config={_config_arg(argv)} could not be loaded: {reason}") from None
+    except (AttributeError, KeyError) as error:
+        raise ValueError(_unknown_override(argv) or f"A --config.* override names no config key: {error}") from None
+    return remaining
+
+
+def _unknown_override(argv) -> Optional[str]:
+    """configlib's message for the first --config.<key> override that the config file does not have."""
+    config = FLAGS["config"].parser.parse(_config_arg(argv))
+    for arg in argv:
+        if arg.startswith("--config."):
+            dotted = arg[len("--config."):].split("=", 1)[0]
+            try:
+                configlib.check_key(config, dotted)
+            except ValueError as error:
+                return f"--config.{dotted}: {error}"
+    return None
 
 
 def run():
     _config_root_on_path(sys.argv)
     try:
-        app.run(main)
+        app.run(main, flags_parser=_parse_flags)
     except (ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps) as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -76,23 +77,36 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     task = tasks.build(config)
     optimizer = optim.make_optimizer(config.optim, task.modules)
     rng = jax.random.key(config.seed)
-    state, shardings = train_state.create(task, optimizer, batch_spec(config, 2), rng, mesh, config.mesh.fsdp)
+    init = train_state.init_fn(task, optimizer, batch_spec(config, 2))
+    abstract_state = jax.eval_shape(init, rng)  # shapes only: a resumed run never computes the initial state
+    shardings = train_state.state_shardings(abstract_state, mesh, config.mesh.fsdp)
+    target = _abstract_items(abstract_state, shardings, mesh)
     manager = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, _abstract_items(state))
+    start = time.perf_counter()
+    restored = checkpoint.restore_latest(manager, target)
     if restored is not None:
         step, items = restored
         state = train_state.TrainState.from_items(items)
-        logging.info("Resumed from %s at step %d.", manager.directory, step)
-    elif config.checkpoint.path:
-        loaded = checkpoint.restore_params(config.checkpoint.path, _abstract_items(state))
-        state = state.replace(params=loaded["params"], ema_params=loaded["ema_params"])
-        logging.info("Loaded params and EMA params from %s.", config.checkpoint.path)
+        logging.info("Resumed from %s at step %d (restored in %.2f s).", manager.directory, step, time.perf_counter() - start)
+    else:
+        state = jax.jit(init, out_shardings=shardings)(rng)
+        if config.checkpoint.path:
+            loaded = checkpoint.restore_params(config.checkpoint.path, target)
+            state = state.replace(params=loaded["params"], ema_params=loaded["ema_params"])
+            logging.info("Loaded params and EMA params from %s.", config.checkpoint.path)
     return Run(config, workdir, mesh, task, optimizer, state, shardings, manager, int(state.step))
 
 
-def _abstract_items(state) -> dict:
-    """ShapeDtypeStructs (with shardings) of the checkpoint items: the target Orbax restores into."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.to_items())
+def _abstract_items(abstract_state, shardings, mesh) -> dict:
+    """ShapeDtypeStructs (with shardings) of the checkpoint items: the target Orbax restores into.
+
+    The params-like items take their shardings from `shardings`; `meta` (counters, key data) is replicated,
+    as `train_state.state_shardings` places it.
+    """
+    items = jax.eval_shape(lambda state: state.to_items(), abstract_state)
+    placed = {"params": shardings.params, "ema_params": shardings.ema_params, "opt_state": shardings.opt_state}
+    placed["meta"] = jax.tree.map(lambda _: parallel.replicated(mesh), items["meta"])
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), items, placed)
 
 
 def _write_config(config, workdir) -> None:
@@ -157,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
     skip_check_every = max(1, min(config.log_every_steps, config.max_consecutive_skips))
     state, averager = run.state, _MetricAverager()
-    with jax.set_mesh(run.mesh):
+    with jax.set_mesh(run.mesh), _saves_completed(run.manager):
         for step in range(run.start_step + 1, config.num_train_steps + 1):
             state, metrics = step_fn(state, parallel.global_batch(next(batches), run.mesh))
             averager.add(metrics)
@@ -181,9 +195,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                 writer.write_scalars(step, scalars)
             if step % config.checkpoint_every_steps == 0 or final:
                 _save(run, state, step)
-    run.manager.wait_until_finished()
     writer.flush()
     return state
+
+
+@contextlib.contextmanager
+def _saves_completed(manager):
+    """Waits for the asynchronous checkpoint writes on the way out, also when the loop stops with an error."""
+    try:
+        yield
+    finally:
+        manager.wait_until_finished()
 
 
 def _save(run: Run, state, step: int) -> None:

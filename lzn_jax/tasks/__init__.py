@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from lzn_jax.tasks import generation, representation, simclr
+from lzn_jax import models
+from lzn_jax.tasks import common, generation, representation, simclr
 
 _TASKS = {
     "generation": generation.GenerationTask,
@@ -41,5 +42,7 @@ def model_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Task-specific checks (which modules must be present), before anything is built."""
+    """Task-specific checks (which modules must be present; networks that fit the image size), before compute."""
     _TASKS[config.task].check_config(config)
+    for name, section in model_configs(config).items():
+        common.check_image_size(models.build(section), config.data.image_size, f"config.{name}")

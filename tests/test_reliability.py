@@ -1,0 +1,352 @@
+"""Reliability end to end: SIGKILL and resume, damaged and foreign checkpoints, non-finite steps, determinism and
+the errors bad input gets before any compute.
+
+The runs go through `python -m lzn_jax.main` in subprocesses, on a tiny digits config over 2 forced CPU devices
+(batch rows and the zoning kernel sharded as on a pod). They share one persistent compilation cache: the reference
+run compiles, every later process loads its executables and costs little more than its imports.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from support import load_config
+
+from lzn_jax import checkpoint, configlib, parallel, train, writers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS, CHECKPOINT_EVERY = 24, 4
+SETTINGS = {
+    "num_train_steps": STEPS,
+    "checkpoint_every_steps": CHECKPOINT_EVERY,
+    "log_every_steps": CHECKPOINT_EVERY,  # windows aligned with checkpoints: a resumed window is a whole window
+    "keep_checkpoints": 3,
+    "data.image_size": 8,
+    "data.augmentation": "affine",  # per-example augmentation draws must resume too
+    "encoder.nf": 8,
+    "encoder.ch_mult": (1,),
+    "encoder.dropout": 0.1,  # dropout: the step's RNG stream must resume
+    "decoder.nf": 8,
+    "decoder.ch_mult": (1,),
+    "decoder.dropout": 0.1,
+    "zoning.num_steps": 3,
+    "zoning.label_num_steps": 2,
+    "optim.warmup_steps": 10,  # the learning rate is still rising where the runs are killed
+}
+TIMING = ("uptime", "steps_per_sec")
+
+
+def cli(workdir, **changes) -> list[str]:
+    values = {**SETTINGS, **changes}
+    flags = [f"--config.{key}={v if isinstance(v, str) else repr(v)}" for key, v in values.items()]
+    return ["--config=configs/digits_joint.py:runlocal", f"--workdir={workdir}", *flags]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    return env
+
+
+class Process:
+    """One `python -m lzn_jax.main` (or `python -c script`) run, its output in a file (a pipe could fill up)."""
+
+    def __init__(self, env, args, log_path, *, script=None):
+        self.log_path = log_path
+        command = [sys.executable, "-c", script] if script else [sys.executable, "-m", "lzn_jax.main"]
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(command + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return pathlib.Path(self.log_path).read_text()
+
+    def wait(self, timeout=600) -> int:
+        return self.proc.wait(timeout)
+
+    def finish(self):
+        assert self.wait() == 0, self.output()[-4000:]
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+
+    def wait_until(self, condition, what, timeout=600):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the run ended before {what}:\n{self.output()[-4000:]}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"timed out waiting until {what}")
+            time.sleep(0.002)
+
+
+def entries(workdir) -> list[str]:
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return os.listdir(folder) if folder.is_dir() else []
+
+
+def complete_steps(workdir) -> list[int]:
+    return sorted(int(name) for name in entries(workdir) if name.isdigit())
+
+
+def partial_saves(workdir) -> list[str]:
+    """Checkpoints being written: Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when complete."""
+    return [name for name in entries(workdir) if not name.isdigit()]
+
+
+def saved_items(workdir, step) -> dict:
+    """Every item of a checkpoint as numpy arrays (the runs saved them sharded over 2 devices)."""
+    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), read_only=True)
+    meta = mngr.item_metadata(step)
+    target = {
+        item: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[item], is_leaf=lambda m: hasattr(m, "shape"))
+        for item in checkpoint.ITEMS
+    }
+    restored = mngr.restore(step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in target.items()}))
+    return {item: restored[item] for item in checkpoint.ITEMS}
+
+
+def assert_same_arrays(a, b, what):
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y, err_msg=f"{what}{jax.tree_util.keystr(path)}")
+
+
+def train_records(workdir) -> dict[int, dict]:
+    """{step: train/* metrics}; a resumed run logs again the steps after its checkpoint, and the last record wins."""
+    out = {}
+    for record in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+        metrics = {k: v for k, v in record.items() if k.startswith("train/")}
+        if metrics:
+            out[record["step"]] = metrics
+    return out
+
+
+def resumed_at(output: str) -> int:
+    line = next(line for line in output.splitlines() if "Resumed from" in line)
+    return int(line.split(" at step ")[1].split()[0])
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    """An uninterrupted run: the ground truth, and the run that fills the compilation cache."""
+    workdir = tmp_path_factory.mktemp("runs") / "reference"
+    Process(env, cli(workdir), f"{workdir}.log").finish()
+    assert complete_steps(workdir) == [16, 20, 24]
+    return workdir
+
+
+def test_sigkill_at_any_moment_then_the_same_command_ends_exactly_like_an_uninterrupted_run(env, reference, tmp_path):
+    workdir = tmp_path / "killed"
+    # 1. Killed while a checkpoint after the first one is half-written: stop the process as soon as a save is in
+    #    flight, and kill it only if that save is still unfinished (else let it run to the next save).
+    run = Process(env, cli(workdir), tmp_path / "run1.log")
+    while True:
+        run.wait_until(lambda: complete_steps(workdir) and partial_saves(workdir), "a second checkpoint was written")
+        run.proc.send_signal(signal.SIGSTOP)
+        if partial_saves(workdir):
+            run.kill()
+            break
+        run.proc.send_signal(signal.SIGCONT)
+    half_written, last_complete = partial_saves(workdir), complete_steps(workdir)[-1]
+    assert half_written and last_complete < STEPS
+
+    # 2. The same command resumes from the last complete checkpoint (the half-written one is never read) and is
+    #    killed again at a random moment after its own first checkpoint, this time between saves or not.
+    run = Process(env, cli(workdir), tmp_path / "run2.log")
+    run.wait_until(lambda: complete_steps(workdir)[-1] > last_complete, "the resumed run saved a checkpoint")
+    time.sleep(random.Random(7).uniform(0.0, 0.3))
+    run.kill()
+    assert resumed_at(run.output()) == last_complete
+    second_resume = complete_steps(workdir)[-1]
+
+    # 3. Again the same command: it ends where the uninterrupted run ended, bit for bit.
+    run = Process(env, cli(workdir), tmp_path / "run3.log")
+    run.finish()
+    assert resumed_at(run.output()) == second_resume
+    assert not partial_saves(workdir), "the half-written checkpoint directory was not cleaned up"
+    expected, got = saved_items(reference, STEPS), saved_items(workdir, STEPS)
+    for item in checkpoint.ITEMS:  # params, EMA, Adam state, step/RNG key/EMA counts/skip counters
+        assert_same_arrays(got[item], expected[item], item)
+    expected_metrics, got_metrics = train_records(reference), train_records(workdir)
+    assert abs(got_metrics[STEPS]["train/loss"] - expected_metrics[STEPS]["train/loss"]) <= 1e-6
+    assert got_metrics == expected_metrics  # every logged window, before and after each resume
+
+
+def test_the_same_config_and_seed_give_bit_identical_metrics(env, reference, tmp_path):
+    again = tmp_path / "again"
+    Process(env, cli(again), tmp_path / "again.log").finish()
+
+    def records(workdir):
+        rows = writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+    assert records(again) == records(reference)
+    assert len(train_records(again)) == STEPS // CHECKPOINT_EVERY
+
+
+POISONED_RUN = """
+import numpy as np
+from lzn_jax import data, main
+
+POISONED = {3} | set(range(7, 100))  # one lone bad step, then bad data for good
+real_train_iterator = data.train_iterator
+
+
+def poisoned(data_cfg, *, start_step=0, **kwargs):
+    for step, batch in enumerate(real_train_iterator(data_cfg, start_step=start_step, **kwargs), start_step + 1):
+        if step in POISONED:  # one pixel of the last example: a row of the second device
+            image = batch["image"].copy()
+            image[-1, 0, 0, 0] = np.nan
+            batch = dict(batch, image=image)
+        yield batch
+
+
+data.train_iterator = poisoned
+main.run()
+"""
+
+
+def test_non_finite_steps_are_skipped_everywhere_and_too_many_in_a_row_stop_with_the_last_good_state(
+    env, reference, tmp_path
+):
+    workdir = tmp_path / "poisoned"
+    args = cli(workdir, max_consecutive_skips=2, checkpoint_every_steps=6)
+    run = Process(env, args, tmp_path / "poisoned.log", script=POISONED_RUN)
+    assert run.wait() == 2, run.output()[-4000:]
+    output = run.output()
+    assert "error: 2 consecutive steps had a non-finite loss or gradient (step 8)" in output
+    assert "Traceback" not in output
+    # The lone bad step 3 was skipped, counted, and training went on with finite metrics.
+    window = train_records(workdir)[4]
+    assert window["train/skipped_steps"] == 1 and window["train/skipped_in_window"] == 1
+    assert np.isfinite(window["train/loss"])
+    # Steps 7 and 8 changed nothing: the checkpoint written at the stop holds the state of step 6.
+    assert complete_steps(workdir) == [6, 8]
+    good, stopped = saved_items(workdir, 6), saved_items(workdir, 8)
+    for item in ("params", "ema_params", "opt_state"):
+        assert_same_arrays(stopped[item], good[item], item)
+    meta = stopped["meta"]
+    assert int(meta["step"]) == 8 and int(meta["skipped_steps"]) == 3 and int(meta["consecutive_skips"]) == 2
+    assert all(int(count) == 5 for count in meta["ema_counts"].values())  # EMA updated on steps 1, 2, 4, 5, 6
+
+
+def tiny_config(name="digits_joint", **changes):
+    """The config the CLI flags above build, for the in-process checks."""
+    return configlib.override(load_config(name, "runlocal"), **{**SETTINGS, **changes})
+
+
+def copy_of(workdir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    return copy
+
+
+def test_an_unreadable_latest_checkpoint_is_named_and_the_previous_one_restored(reference, tmp_path, caplog):
+    workdir = copy_of(reference, tmp_path)
+    for path in (workdir / "checkpoints" / str(STEPS) / "params").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"damaged")
+    with caplog.at_level(logging.WARNING):
+        run = train.setup(tiny_config(), str(workdir))
+    assert run.start_step == STEPS - CHECKPOINT_EVERY
+    assert any(str(workdir / "checkpoints" / str(STEPS)) in r.getMessage() for r in caplog.records), caplog.text
+    previous = saved_items(reference, STEPS - CHECKPOINT_EVERY)
+    assert_same_arrays(jax.tree.map(np.asarray, run.state.params), previous["params"], "params")
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_with_the_arrays_that_differ(reference, tmp_path):
+    with pytest.raises(checkpoint.CheckpointMismatchError) as info:
+        train.setup(tiny_config(latent_dim=16), str(copy_of(reference, tmp_path)))
+    message = str(info.value)
+    assert "params/label_anchors/anchors: shape (10, 32) in the checkpoint, (10, 16) in the model" in message
+    assert "ema_params/encoder/" in message and "Use the config the checkpoint was trained with" in message
+
+
+def test_a_misspelled_override_names_the_nearest_key_without_a_traceback(env, tmp_path):
+    workdir = tmp_path / "never_written"
+    run = Process(env, cli(workdir) + ["--config.batch_sizee=3"], tmp_path / "typo.log")
+    assert run.wait() == 2
+    output = run.output()
+    assert "error: --config.batch_sizee: Unknown config key 'batch_sizee' in config. Did you mean 'batch_size'?" in output
+    assert "Traceback" not in output and not workdir.exists()
+
+
+def config_with(name, **changes):
+    return configlib.override(load_config(name), **changes)
+
+
+def replaced_section(name, section, **changes):
+    config = load_config(name)
+    config[section] = ml_collections.ConfigDict({**config[section].to_dict(), **changes})
+    return config
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        # Architectures that cannot take the image size (digits NCSN++: ch_mult (1, 2, 2), attention at 8 px).
+        (lambda: config_with("digits_joint", **{"data.image_size": 18}), "must be a multiple of 4"),
+        (lambda: config_with("digits_joint", **{"data.image_size": 4}), "never has resolution(s) [8]"),
+        (lambda: config_with("digits_repr", **{"data.image_size": 4}), "too small for config.encoder"),
+        (lambda: config_with("repr_imagenet", **{"data.image_size": 16}), "or small_images=True"),
+        # What ConfigDict's own type safety does not see: sections replaced wholesale.
+        (lambda: replaced_section("digits_joint", "rf", euler_steps=10.5), "config.rf.euler_steps=10.5 is a float"),
+        (lambda: replaced_section("digits_joint", "zoning", numsteps=3), "Did you mean 'num_steps'"),
+    ],
+)
+def test_bad_configs_fail_in_check_before_anything_is_built(config, message):
+    with pytest.raises(ValueError) as info:
+        configlib.check(config())
+    assert message in str(info.value)
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused():
+    mesh = jax.sharding.AbstractMesh((4,), (parallel.DATA,))
+    with pytest.raises(ValueError, match=r"config.batch_size=6 is not divisible by the 4 devices .* multiple of 4"):
+        parallel.check_batch_size(6, mesh)
+
+
+def test_an_unwritable_workdir_is_refused_before_compute(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="--workdir=.* is not writable"):
+        train.check_workdir(str(blocker / "run"))
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"source": "image_folder", "data_dir": "/nonexistent/afhq"}, "does not exist. Download the images"),
+        ({"source": "tfds", "name": "cifar10", "num_channels": 3}, "`tfds build cifar10 --data_dir="),
+    ],
+)
+def test_missing_data_says_what_to_download_where_before_compute(tmp_path, data, message):
+    if data["source"] == "tfds":
+        data = dict(data, data_dir=str(tmp_path / "tfds"))
+    config = config_with("digits_joint", **{f"data.{k}": v for k, v in data.items()})
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        train.setup(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
