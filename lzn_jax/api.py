@@ -98,13 +98,15 @@ class LZN:
                                  solver=self.task.solver)  # fmt: skip
         return lat[: images.shape[0]]
 
-    def classify(self, params, images, *, key, context=None, class_weights=None) -> jax.Array:
+    def classify(self, params, images, *, key, context=None, class_weights=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder → reverse flow over label anchors → nearest label anchor: labels [B].
 
         class_weights: optional [K] class frequencies multiplying the label zones (official "with class weights").
+        prior_std: scale of the noise the image's forward flow starts from; 0 gives deterministic latents (the
+        official tunable-std evaluation, usually the most accurate), 1 the official ClassAccuracy.
         """
         self._need("classify (it has no label anchors)", getattr(self.task, "conditional", False))
-        lat = self.latents(params, images, key=key, context=context)
+        lat = self.latents(params, images, key=key, context=context, prior_std=prior_std)
         return self.task.classify_latents(params, lat, class_weights)
 
     def generate(self, params, key, labels=None, *, num: Optional[int] = None, sampler: str = "euler") -> jax.Array:
