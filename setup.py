@@ -21,8 +21,12 @@ RUNTIME = [
     "pillow>=10",  # PNG sample grids and clean-fid style resizing
 ]
 
+# experiments/lzn_demo.ipynb: its figures, and running it headless (the test suite executes it).
+NOTEBOOK = ["matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
+
 EXTRAS = {
-    "test": ["pytest>=8", "hypothesis>=6.100"],
+    "test": ["pytest>=8", "hypothesis>=6.100", *NOTEBOOK],
+    "notebook": NOTEBOOK,
     # Reading official PyTorch `.pt` checkpoints in `python -m lzn_jax.convert`.
     "torch": ["torch>=2.2"],
 }

@@ -98,13 +98,15 @@ class LZN:
                                  solver=self.task.solver)  # fmt: skip
         return lat[: images.shape[0]]
 
-    def classify(self, params, images, *, key, context=None, class_weights=None) -> jax.Array:
+    def classify(self, params, images, *, key, context=None, class_weights=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder → reverse flow over label anchors → nearest label anchor: labels [B].
 
         class_weights: optional [K] class frequencies multiplying the label zones (official "with class weights").
+        prior_std: scale of the noise the image's forward flow starts from; 0 gives deterministic latents (the
+        official tunable-std evaluation, usually the most accurate), 1 the official ClassAccuracy.
         """
         self._need("classify (it has no label anchors)", getattr(self.task, "conditional", False))
-        lat = self.latents(params, images, key=key, context=context)
+        lat = self.latents(params, images, key=key, context=context, prior_std=prior_std)
         return self.task.classify_latents(params, lat, class_weights)
 
     def generate(self, params, key, labels=None, *, num: Optional[int] = None, sampler: str = "euler") -> jax.Array:
@@ -129,17 +131,19 @@ class LZN:
         noise = self.task.invert(params, images, lat, labels, sampler=sampler)
         return self.task.decode(params, noise, lat, labels, sampler=sampler)
 
-    def interpolate(self, params, a, b, steps: int, *, key, sampler: str = "euler") -> jax.Array:
+    def interpolate(self, params, a, b, steps: int, *, key, context=None, sampler: str = "euler") -> jax.Array:
         """Images along the spherical path between the latents of image a and image b: [steps, H, W, C].
 
         a, b: single images [H, W, C] (or [1, H, W, C]). Every point is decoded from the same initial noise, so
         the images change only with the latent (and, for a conditional model, the label read from it).
+        context: other images [N, H, W, C] zoned with a and b. Pass a batch like the training batches: alone, the
+        two images split the latent space in halves, and their latents say little about them.
         """
         if steps < 2:
             raise ValueError(f"`steps` must be at least 2 (the two ends); got {steps}.")
         pair = jnp.concatenate([jnp.reshape(x, (1,) + tuple(jnp.shape(x))[-3:]) for x in (a, b)])
         k_latent, k_noise = jax.random.split(key)
-        lat_a, lat_b = self.latents(params, pair, key=k_latent)
+        lat_a, lat_b = self.latents(params, pair, key=k_latent, context=context)
         path = slerp(lat_a, lat_b, jnp.linspace(0.0, 1.0, steps))
         labels = self.task.classify_latents(params, path) if self.task.conditional else None
         noise = jnp.broadcast_to(jax.random.normal(k_noise, self.image_shape), (steps,) + self.image_shape)
