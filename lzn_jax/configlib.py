@@ -79,8 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_use_ema = True
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices along the data axis; -1 = all
-    c.mesh.fsdp = False  # shard params and optimizer state over the data axis
+    c.mesh.data = -1  # devices along the data axis (batch rows are split over it); -1 = all the rest
+    c.mesh.model = 1  # devices along the model axis, reserved for tensor parallelism (replicas today); see docs/scaling.md
+    c.mesh.fsdp = False  # store params, EMA and Adam moments sharded over the data axis (gathered for compute)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.path = ""  # restore params/EMA from this checkpoint dir (e.g. from lzn_jax.convert) at start

@@ -71,7 +71,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Validates everything, builds mesh/task/state and restores the newest checkpoint (or checkpoint.path)."""
     configlib.check(config)
     check_workdir(workdir)
-    mesh = parallel.make_mesh(config.mesh.data)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
     parallel.check_batch_size(config.batch_size, mesh)
     data.num_examples(config.data, "train")  # a missing dataset fails here, before compute
     task = tasks.build(config)

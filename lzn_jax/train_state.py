@@ -23,7 +23,7 @@ from lzn_jax import optim, parallel
 class TrainState:
     step: jax.Array  # int32 []
     params: dict  # {module: params}
-    opt_state: Any  # Adam state of each module's raveled parameter vector
+    opt_state: Any  # Adam state: of each module's raveled parameter vector, or under FSDP of its params tree
     ema_params: dict
     ema_counts: dict  # {module: int32 []}: updates each EMA has seen
     rng: jax.Array  # typed PRNG key
@@ -51,7 +51,22 @@ class TrainState:
         )  # fmt: skip
 
 
-def init_fn(task, optimizer, batch_spec):
+def _to_optimizer(tree_by_module, fsdp: bool):
+    """How the optimizer and EMA see {module: params}: (view, unravel functions or None).
+
+    Replicated: one raveled vector per module, a few large element-wise kernels instead of thousands of small
+    ones (fast compiles). FSDP: the trees themselves, because a vector concatenated from leaves sharded along
+    different axes cannot keep each device's shard local (and its length rarely divides the data axis). The
+    Adam state follows the view, so a checkpoint's opt_state layout depends on `mesh.fsdp`.
+    """
+    return (tree_by_module, None) if fsdp else optim.flatten(tree_by_module)
+
+
+def _from_optimizer(view, unravel):
+    return view if unravel is None else optim.unflatten(view, unravel)
+
+
+def init_fn(task, optimizer, batch_spec, fsdp: bool = False):
     """rng -> TrainState; pure, so `jax.eval_shape` gives the abstract state without allocating it.
 
     batch_spec: {key: jax.ShapeDtypeStruct} of one (small) batch; only shapes and dtypes matter to init.
@@ -62,7 +77,7 @@ def init_fn(task, optimizer, batch_spec):
         params = task.init(params_rng, {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()})
         zero = jnp.zeros((), jnp.int32)
         return TrainState(
-            step=zero, params=params, opt_state=optimizer.init(optim.flatten(params)[0]),
+            step=zero, params=params, opt_state=optimizer.init(_to_optimizer(params, fsdp)[0]),
             ema_params=jax.tree.map(jnp.copy, params),
             ema_counts={m: zero for m in params}, rng=state_rng, skipped_steps=zero, consecutive_skips=zero,
         )  # fmt: skip
@@ -83,7 +98,7 @@ def state_shardings(abstract_state: TrainState, mesh, fsdp: bool):
 
 def create(task, optimizer, batch_spec, rng, mesh, fsdp=False) -> tuple[TrainState, TrainState]:
     """Shape-first init: eval_shape → shardings → jit(init, out_shardings). Returns (state, its shardings)."""
-    init = init_fn(task, optimizer, batch_spec)
+    init = init_fn(task, optimizer, batch_spec, fsdp)
     shardings = state_shardings(jax.eval_shape(init, rng), mesh, fsdp)
     return jax.jit(init, out_shardings=shardings)(rng), shardings
 
@@ -95,6 +110,7 @@ def _all_finite(tree) -> jax.Array:
 def make_train_step(task, optimizer, config, mesh, shardings: TrainState):
     """(state, global batch) -> (state, metrics), jitted with the state donated."""
     modules = task.modules
+    fsdp = config.mesh.fsdp
     rows = P(parallel.DATA)
 
     def loss_fn(params, batch, noise, rng):
@@ -110,18 +126,18 @@ def make_train_step(task, optimizer, config, mesh, shardings: TrainState):
         noise = task.noise(noise_rng, batch)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, noise, dropout_rng)
         enabled = optim.trainable(state.step, config.module_steps, modules)
-        grads, _ = optim.flatten(grads)
-        old_params, unravel = optim.flatten(state.params)
-        grads = {m: jnp.where(enabled[m], g, 0.0) for m, g in grads.items()}
+        grads, _ = _to_optimizer(grads, fsdp)
+        old_params, unravel = _to_optimizer(state.params, fsdp)
+        grads = {m: jax.tree.map(lambda x, on=enabled[m]: jnp.where(on, x, 0.0), g) for m, g in grads.items()}
         # A NaN on any device reaches every device through the loss mean and the gradient all-reduce.
         finite = jnp.isfinite(loss) & _all_finite(grads)
         params, opt_state, grad_norm = optim.apply(
             optimizer, grads, state.opt_state, old_params, enabled, config.optim.grad_clip
         )
         ema_params, ema_counts = optim.ema_update(
-            optim.flatten(state.ema_params)[0], params, state.ema_counts, config.ema, enabled
+            _to_optimizer(state.ema_params, fsdp)[0], params, state.ema_counts, config.ema, enabled
         )
-        params, ema_params = optim.unflatten(params, unravel), optim.unflatten(ema_params, unravel)
+        params, ema_params = _from_optimizer(params, unravel), _from_optimizer(ema_params, unravel)
 
         def keep(new, old):  # a non-finite step changes nothing but the step, the key and the counters
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

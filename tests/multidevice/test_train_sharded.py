@@ -1,0 +1,124 @@
+"""The same train program on 1 device, on 8, and with FSDP on a 4×2 (data × model) mesh: same losses and params.
+
+Run through tests/test_multidevice.py (8 forced CPU devices). Case study 2 on a tiny digits encoder: each
+device zones its rows against the anchors of the whole global batch (gathered across devices), targets are
+global anchor indices, and gradients are all-reduced (reduce-scattered under FSDP). Dropout is 0 because its
+masks are drawn per device and so depend on the layout; every other random draw is made per global example.
+
+Adam's eps is raised to 0.1. The zoning loss is invariant under shifting every anchor by the same vector, so
+the gradient of the encoder heads' output biases is zero up to float32 rounding, and rounding differs with the
+summation order. With eps = 1e-8 Adam divides that noise by its own magnitude and moves those biases by up to
+±lr on any layout; with eps = 0.1 updates follow the gradient itself, and the parameters compare at the
+precision of the gradients (≈1e-7 here), while a missing or doubled reduction would show at ≈1e-4.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from support import load_config
+
+from lzn_jax import configlib, data, optim, parallel, tasks, train, train_state
+from lzn_jax.evaluators import classification
+
+STEPS = 3
+TINY_TRUNK = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+
+
+def tiny_config(data_devices=1, model_devices=1, fsdp=False, name="digits_repr"):
+    """Case study 2 (or `name`) with the tiny NCSN++ encoder of the joint digits config: quick to compile."""
+    config = load_config(name, "runlocal")
+    config.encoder = load_config("digits_joint", "runlocal").encoder
+    config.encoder.update(TINY_TRUNK)
+    if config.decoder.get("name"):
+        config.decoder.update(TINY_TRUNK)
+    return configlib.override(
+        config, **{"data.image_size": 8, "latent_dim": 16, "batch_size": 16, "optim.eps": 0.1, "zoning.num_steps": 4,
+                   "mesh.data": data_devices, "mesh.model": model_devices, "mesh.fsdp": fsdp},
+    )  # fmt: skip
+
+
+@functools.cache
+def host_batches():
+    config = tiny_config()
+    batches = data.train_iterator(config.data, batch_size=config.batch_size, seed=config.seed)
+    return [next(batches) for _ in range(STEPS)]
+
+
+def per_device_bytes(tree) -> int:
+    return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(tree))
+
+
+@functools.cache
+def trained(data_devices, model_devices, fsdp):
+    """STEPS steps from the same init and batches: (losses [STEPS], params, initial params, state bytes per device)."""
+    config = tiny_config(data_devices, model_devices, fsdp)
+    task = tasks.build(config)
+    optimizer = optim.make_optimizer(config.optim, task.modules)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+    state, shardings = train_state.create(
+        task, optimizer, train.batch_spec(config, 2), jax.random.key(config.seed), mesh, fsdp
+    )
+    initial = jax.tree.map(np.asarray, state.params)
+    stored = per_device_bytes((state.params, state.ema_params, state.opt_state))
+    step = train_state.make_train_step(task, optimizer, config, mesh, shardings)
+    losses = []
+    with jax.set_mesh(mesh):
+        for batch in host_batches():
+            state, metrics = step(state, parallel.global_batch(batch, mesh))
+            losses.append(float(metrics["loss"]))
+        assert float(metrics["skipped"]) == 0.0
+    return np.asarray(losses), jax.tree.map(np.asarray, state.params), initial, stored
+
+
+def test_make_mesh_lays_out_data_and_model_axes():
+    mesh = parallel.make_mesh(-1, 2)
+    assert dict(mesh.shape) == {"data": 4, "model": 2}
+    assert [d.id for d in mesh.devices[1]] == [2, 3]  # model is the minor axis: a host's devices are whole rows
+    assert dict(parallel.make_mesh(1).shape) == {"data": 1, "model": 1}
+    with pytest.raises(ValueError, match="config.mesh.model=3"):
+        parallel.make_mesh(-1, 3)
+    with pytest.raises(ValueError, match="config.mesh.data=3"):
+        parallel.make_mesh(3, 2)
+
+
+@pytest.mark.parametrize("data_devices, model_devices, fsdp", [(8, 1, False), (4, 2, True)], ids=["8x1", "4x2-fsdp"])
+def test_train_steps_match_one_device(data_devices, model_devices, fsdp):
+    ref_losses, ref_params, initial, _ = trained(1, 1, False)
+    losses, params, _, _ = trained(data_devices, model_devices, fsdp)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(initial)))
+    assert moved > 3e-4, "the steps must change the parameters for the comparison to mean anything"
+    for path, ref in jax.tree_util.tree_flatten_with_path(ref_params)[0]:
+        got = dict(jax.tree_util.tree_flatten_with_path(params)[0])[path]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_fsdp_stores_the_state_sharded():
+    replicated_bytes = trained(1, 1, False)[3]
+    fsdp_bytes = trained(4, 2, True)[3]
+    # Over 4 data devices: a quarter of every divisible array, whole copies of the few small others.
+    assert fsdp_bytes < 0.35 * replicated_bytes, (fsdp_bytes, replicated_bytes)
+
+
+def test_class_accuracy_is_the_same_on_8_devices():
+    """Case study 3's evaluator zones each eval batch across devices, with class weights and padding masks."""
+    config = configlib.override(tiny_config(name="digits_joint"), **{"zoning.label_num_steps": 4})
+    task = tasks.build(config)
+    params = jax.jit(task.init)(jax.random.key(0), {k: jax.numpy.zeros(v.shape, v.dtype) for k, v in
+                                                     train.batch_spec(config, 2).items()})  # fmt: skip
+    results = []
+    for data_devices in (1, 8):
+        mesh = parallel.make_mesh(data_devices)
+        evaluator = classification.ClassAccuracy(
+            task=task, config=config, mesh=mesh, splits=("test",), stds=(0.0, 1.0), batch_size=120
+        )
+        with jax.set_mesh(mesh):
+            results.append(dict(evaluator.run(jax.device_put(params, parallel.replicated(mesh)), STEPS)))
+    assert set(results[0]) == {"eval/accuracy", "eval/accuracy_with_class_weights", "eval/accuracy_std1",
+                               "eval/accuracy_std1_with_class_weights"}  # fmt: skip
+    for name, value in results[0].items():
+        assert 0.0 <= value <= 1.0
+        assert results[1][name] == pytest.approx(value, abs=1.5 / 360), name  # at most one of 360 tied samples
