@@ -25,6 +25,16 @@ of what follows.
   at the prior itself rather than at a point that float32 cannot tell from the anchor, and the Euler and DPM
   updates are rewritten for z exactly (same iterates in exact arithmetic).
 - Matmuls run at `Precision.HIGHEST`: the 1/t² scale would turn TPU's default bf16 passes into noise.
+
+Input checks. Shapes, ranks and dtypes are checked on every call, traced or not, before anything is computed.
+Values are checked only when they are concrete (eager calls): NaN/inf in anchors, latents, prior or points,
+negative/non-finite/all-zero weights, and targets outside [0, N) raise ValueError. Under jit, vmap or grad
+checking values would need a host sync, so they are not checked; instead such inputs make the outputs that
+depend on them non-finite (a bad anchor or weight: every row; a bad latent, prior row or target: that row),
+never a finite wrong number: log-probabilities NaN, points NaN (or inf, where an inf input passes through).
+The same holds for finite inputs too large for the float32 logits (about |x| > 1e15): they overflow to NaN,
+in eager calls too. bfloat16/float16 inputs are computed and returned in float32,
+float64 ones in float64 when x64 is enabled; integer, bool and complex arrays raise TypeError.
 """
 
 from __future__ import annotations
@@ -211,6 +221,9 @@ def _make_zones(anchors, weights, block_size) -> _Zones:
         positive = weights > 0
         # Double `where` keeps the gradient finite for weight-0 anchors (their probability is exactly 0).
         log_w = jnp.where(positive, jnp.log(jnp.where(positive, weights, 1.0)), -jnp.inf).astype(anchors.dtype)
+        # Negative, NaN or infinite weights (unchecked under jit) poison the mixture visibly instead of being
+        # read as weight 0 or as a single anchor.
+        log_w = jnp.where((weights >= 0) & jnp.isfinite(weights), log_w, jnp.nan)
     return _Zones(anchors, center, log_w, block_size)
 
 
@@ -438,7 +451,8 @@ def _reverse_flow(zones, x0, targets, record, *, solver, num_steps):
 def _check_matrix(name, x, dim=None):
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) != 2:
-        raise ValueError(f"`{name}` must be a 2-D array [rows, latent_dim]; got shape {shape}.")
+        got = f"shape {shape}" if shape is not None else f"a {type(x).__name__}"
+        raise ValueError(f"`{name}` must be a 2-D array [rows, latent_dim]; got {got}. Pass a jax or numpy array.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(
             f"`{name}` must be a floating-point array; got dtype {x.dtype}. Cast it with .astype(jnp.float32)."
@@ -449,6 +463,26 @@ def _check_matrix(name, x, dim=None):
         )
     if shape[0] == 0:
         raise ValueError(f"`{name}` is empty (shape {shape}); the flow needs at least one row.")
+    if shape[1] == 0:
+        raise ValueError(f"`{name}` has latent dimension 0 (shape {shape}); latents need at least one coordinate.")
+    _check_finite(name, x)
+
+
+def _concrete(x) -> bool:
+    """Whether x holds values here (not a tracer under jit/vmap/grad), so checking them costs no traced sync."""
+    return x is not None and not isinstance(x, jax.core.Tracer)
+
+
+def _check_finite(name, x):
+    if not _concrete(x):
+        return
+    bad = ~np.isfinite(np.asarray(x))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"`{name}` contains {int(bad.sum())} NaN or inf entries (the first at index {first}); the flow needs "
+            "finite values. Under jit this is not checked: non-finite inputs make the outputs that depend on them NaN."
+        )
 
 
 def _check_common(anchors, num_steps, solver, block_size):
@@ -469,11 +503,43 @@ def _check_common(anchors, num_steps, solver, block_size):
 
 
 def _check_weights(weights, anchors):
-    if weights is not None and (getattr(weights, "ndim", None) != 1 or weights.shape[0] != anchors.shape[0]):
+    if weights is None:
+        return
+    if getattr(weights, "ndim", None) != 1 or weights.shape[0] != anchors.shape[0]:
         raise ValueError(
             f"`weights` must have shape [{anchors.shape[0]}] (one weight per anchor); got "
-            f"{getattr(weights, 'shape', None)}."
+            f"{getattr(weights, 'shape', type(weights).__name__)}."
         )
+    if not (jnp.issubdtype(weights.dtype, jnp.floating) or jnp.issubdtype(weights.dtype, jnp.integer)):
+        raise TypeError(f"`weights` must be a real (float or int) array; got dtype {weights.dtype}.")
+    if _concrete(weights):
+        values = np.asarray(weights, np.float64)
+        bad = ~(np.isfinite(values) & (values >= 0))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"`weights` must be finite and non-negative; {int(bad.sum())} are not, the first weights[{first}] = "
+                f"{values[first]}. Under jit this is not checked: such weights make the outputs NaN."
+            )
+        if not np.any(values > 0):
+            raise ValueError("`weights` are all zero: at least one anchor must have a positive weight.")
+
+
+def _check_targets(targets, num_rows, num_anchors):
+    if getattr(targets, "shape", None) != (num_rows,) or not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise ValueError(
+            f"`targets` must be an int array of shape [{num_rows}] (one anchor index per latent); got "
+            f"{getattr(targets, 'dtype', type(targets))} {getattr(targets, 'shape', None)}."
+        )
+    if _concrete(targets):
+        values = np.asarray(targets)
+        outside = (values < 0) | (values >= num_anchors)
+        if outside.any():
+            first = int(np.flatnonzero(outside)[0])
+            raise ValueError(
+                f"`targets` must be anchor indices in [0, {num_anchors}); {int(outside.sum())} are not, the first "
+                f"targets[{first}] = {values[first]}. Under jit this is not checked: those rows' log-probs are NaN."
+            )
 
 
 def _resolve_block_size(block_size, num_anchors):
@@ -523,13 +589,18 @@ def latents(
         to B = N = 4096 run untiled.
       weights: optional [N] anchor weights as in `assign` (the official flow has none). Weight 0 removes an
         anchor from the mixture exactly, e.g. the padding rows of an evaluation batch.
+    Raises:
+      ValueError/TypeError for wrong ranks, shapes, dtypes or arguments; eagerly also for non-finite values and
+      invalid weights (see "Input checks" above; under jit those give non-finite outputs instead).
     Returns:
       [B, D] latents: the flow started at `eps·prior + (1 − eps)·points`, evaluated at t = 1 (Euler) or
       t = 1 − eps (DPM-Solver++), as the official flows.
     """
     _check_common(anchors, num_steps, solver, block_size)
-    points = anchors if points is None else points
-    _check_matrix("points", points, anchors.shape[1])
+    if points is None:
+        points = anchors
+    else:
+        _check_matrix("points", points, anchors.shape[1])
     _check_matrix("prior", prior, anchors.shape[1])
     if prior.shape != points.shape:
         raise ValueError(
@@ -564,25 +635,23 @@ def assign(
       num_steps: number of solver steps (static); the log-probabilities are recorded once per model
         evaluation, at the start of each step, normalised over anchors.
       solver: "euler" or "dpm_solver++".
-      weights: [N] non-negative anchor weights multiplying each anchor's density (class frequencies in case
-        study 3); weight 0 gives probability exactly 0. With `axis_name`, this device's shard like `anchors`.
-      targets: [B] int global anchor index per row. When given, only those log-probabilities are returned
-        and no [num_steps, B, N] array is built — the path the losses use.
+      weights: [N] finite non-negative anchor weights, at least one positive, multiplying each anchor's density
+        (class frequencies in case study 3); weight 0 gives probability exactly 0 (log-probability -inf).
+        With `axis_name`, this device's shard like `anchors`.
+      targets: [B] int global anchor index per row, in [0, N). When given, only those log-probabilities are
+        returned and no [num_steps, B, N] array is built — the path the losses use.
       axis_name: mesh axis to gather anchors over when called inside `jax.shard_map`.
       block_size: query rows per tile (see `latents`).
+    Raises:
+      as `latents`; eagerly also for `targets` outside [0, N) (under jit: NaN log-probabilities in those rows).
     Returns:
       (end_points [B, D], log_probs [num_steps, B, N]) — or log_probs [num_steps, B] with `targets`.
     """
     _check_common(anchors, num_steps, solver, block_size)
     _check_matrix("latents", latents, anchors.shape[1])
     _check_weights(weights, anchors)
-    if targets is not None and (
-        getattr(targets, "shape", None) != latents.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer)
-    ):
-        raise ValueError(
-            f"`targets` must be an int array of shape [{latents.shape[0]}] (one anchor index per latent); got "
-            f"{getattr(targets, 'dtype', type(targets))} {getattr(targets, 'shape', None)}."
-        )
+    if targets is not None:  # (with axis_name the values are traced: the range is not checked)
+        _check_targets(targets, latents.shape[0], anchors.shape[0])
     dtype = _compute_dtype(anchors, latents)
     all_anchors = _gather(jnp.asarray(anchors, dtype), axis_name)
     all_weights = _gather(None if weights is None else jnp.asarray(weights, dtype), axis_name)
@@ -591,8 +660,13 @@ def assign(
         targets = jnp.zeros(latents.shape[:1], jnp.int32)
         record = lambda x, t, post: _log_probs_all(zones, x, t)  # noqa: E731
     else:
-        targets = jnp.asarray(targets, jnp.int32)
-        record = lambda x, t, post: post.s_target - post.lse  # noqa: E731
+        # Traced targets are not range-checked: an index outside [0, N) gives NaN rather than wrapping around.
+        # A non-finite normaliser (an inf latent coordinate) would give inf - inf or a -inf that reads as
+        # "probability 0": NaN too. For valid inputs the normaliser is always finite.
+        in_range = (targets >= 0) & (targets < all_anchors.shape[0])
+        targets = jnp.where(in_range, targets, 0).astype(jnp.int32)
+        def record(x, t, post):
+            return jnp.where(in_range & jnp.isfinite(post.lse), post.s_target - post.lse, jnp.nan)
     latents = jnp.asarray(latents, dtype)
     return _reverse_flow(zones, latents, targets, record, solver=solver, num_steps=num_steps)
 
