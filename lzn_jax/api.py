@@ -9,8 +9,14 @@
 
 Every method is a pure function of (params, inputs, key): jit it, vmap it, compose it. A sample's latent
 depends on the batch it is encoded with (all images of the batch are the anchors of one mixture); the methods
-that compute latents take `context` images that join the mixture, so this dependence is explicit. Inputs are
-checked with errors that say what was expected.
+that compute latents take `context` images that join the mixture, so this dependence is explicit.
+
+Input checks: ranks, shapes and dtypes are checked on every call (traced or not) before anything runs, with
+errors that say what was expected. Values are checked when they are concrete (eager calls): images must be
+finite and in [-1, 1] (up to ±IMAGE_LIMIT, for decoder outputs that overshoot a little), labels in
+[0, num_classes), prior_std and class weights finite and non-negative. Under jit values are not checked (that
+would need a host sync); instead a bad label makes its generated image NaN and a latent that is not finite
+(from NaN images, say) is classified as -1, never as a plausible class.
 """
 
 from __future__ import annotations
@@ -23,9 +29,17 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from lzn_jax import checkpoint, configlib, optim, tasks, train_state
 from lzn_jax.train import batch_spec
+
+IMAGE_LIMIT = 1.5  # eager calls refuse images beyond this: [0, 255] data, or values that are not images
+
+
+def _concrete(x) -> bool:
+    """Whether x holds values here rather than being traced under jit/vmap/grad (only then are values checked)."""
+    return not isinstance(x, jax.core.Tracer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +74,57 @@ class LZN:
             raise ValueError(f"`{name}` is empty.")
         if not jnp.issubdtype(images.dtype, jnp.floating):
             raise TypeError(f"`{name}` must be floating point in [-1, 1]; got {images.dtype}. Use x / 127.5 - 1 for uint8.")
+        if _concrete(images):
+            values = np.asarray(images, np.float32)
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"`{name}` contains NaN or inf values; images must be finite, in [-1, 1].")
+            low, high = float(values.min()), float(values.max())
+            if low < -IMAGE_LIMIT or high > IMAGE_LIMIT:
+                raise ValueError(
+                    f"`{name}` has values in [{low:g}, {high:g}], but the model takes images in [-1, 1]. "
+                    "Use x / 127.5 - 1 for [0, 255] data."
+                )
         return jnp.asarray(images, jnp.float32)
 
     def _labels(self, labels) -> jax.Array:
         if getattr(labels, "ndim", None) != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
             raise ValueError(f"`labels` must be an int array [B]; got {getattr(labels, 'dtype', type(labels))} "
                              f"{getattr(labels, 'shape', None)}.")  # fmt: skip
+        if labels.shape[0] == 0:
+            raise ValueError("`labels` is empty: pass at least one label.")
+        num_classes = self.task.num_classes
+        if _concrete(labels) and not np.all((np.asarray(labels) >= 0) & (np.asarray(labels) < num_classes)):
+            raise ValueError(f"`labels` must be in [0, {num_classes}); got values in "
+                             f"[{np.min(labels)}, {np.max(labels)}].")  # fmt: skip
         return jnp.asarray(labels, jnp.int32)
+
+    def _prior_std(self, prior_std):
+        if jnp.ndim(prior_std) != 0:
+            raise ValueError(f"`prior_std` must be a scalar; got shape {jnp.shape(prior_std)}.")
+        if _concrete(prior_std) and not (np.isfinite(prior_std) and prior_std >= 0):
+            raise ValueError(f"`prior_std` must be a finite number >= 0 (0: deterministic latents); got {prior_std}.")
+        return prior_std
+
+    def _class_weights(self, class_weights):
+        if class_weights is None:
+            return None
+        num_classes = self.task.num_classes
+        if getattr(class_weights, "shape", None) != (num_classes,):
+            raise ValueError(f"`class_weights` must have shape [{num_classes}] (one weight per class); got "
+                             f"{getattr(class_weights, 'shape', type(class_weights).__name__)}.")  # fmt: skip
+        if _concrete(class_weights):
+            values = np.asarray(class_weights, np.float64)
+            if not (np.all(np.isfinite(values) & (values >= 0)) and np.any(values > 0)):
+                raise ValueError(f"`class_weights` must be finite, >= 0 and not all 0; got {values.tolist()}.")
+        return class_weights
+
+    def _single_image(self, x, name) -> jax.Array:
+        """An image [H, W, C] or [1, H, W, C] -> [1, H, W, C], checked as `name`."""
+        shape = tuple(getattr(x, "shape", ()))
+        if shape not in (self.image_shape, (1,) + self.image_shape):
+            raise ValueError(f"`{name}` must be one image {self.image_shape} (or [1, *{self.image_shape}]); got "
+                             f"shape {shape if hasattr(x, 'shape') else type(x).__name__}.")  # fmt: skip
+        return self._images(jnp.reshape(x, (1,) + self.image_shape), name)
 
     def _need(self, what: str, ok: bool) -> None:
         if not ok:
@@ -86,6 +144,7 @@ class LZN:
         """Image encoder + forward flow: latents [B, Dz] of `images`, zoned together with `context` images."""
         self._need("compute latents (it has no image encoder)", getattr(self.task, "encoder", None) is not None)
         images = self._images(images)
+        prior_std = self._prior_std(prior_std)
         batch = images if context is None else jnp.concatenate([images, self._images(context, "context")])
         prior = prior_std * jax.random.normal(key, (batch.shape[0], self.task.latent_dim))
         if hasattr(self.task, "image_latents"):
@@ -104,20 +163,34 @@ class LZN:
         class_weights: optional [K] class frequencies multiplying the label zones (official "with class weights").
         prior_std: scale of the noise the image's forward flow starts from; 0 gives deterministic latents (the
         official tunable-std evaluation, usually the most accurate), 1 the official ClassAccuracy.
+        Returns labels in [0, num_classes), or -1 where the latent is not finite (unchecked input under jit).
         """
         self._need("classify (it has no label anchors)", getattr(self.task, "conditional", False))
+        class_weights = self._class_weights(class_weights)
         lat = self.latents(params, images, key=key, context=context, prior_std=prior_std)
-        return self.task.classify_latents(params, lat, class_weights)
+        labels = self.task.classify_latents(params, lat, class_weights)
+        # A non-finite latent (possible only under jit, from unchecked inputs) has no class: -1, not argmin's 0.
+        return jnp.where(jnp.all(jnp.isfinite(lat), axis=-1), labels, -1)
 
     def generate(self, params, key, labels=None, *, num: Optional[int] = None, sampler: str = "euler") -> jax.Array:
-        """Label encoder → image decoder: images [B, H, W, C] in about [-1, 1]. sampler: "euler" or "rk45"."""
+        """Label encoder → image decoder: images [B, H, W, C] in about [-1, 1]. sampler: "euler" or "rk45".
+
+        labels: [B] ints in [0, num_classes) for a label-conditional model (under jit, unchecked: an image whose
+        label is out of range comes back NaN); num: a positive int for an unconditional one.
+        """
         self._need("generate images (it has no decoder)", hasattr(self.task, "sample"))
         if getattr(self.task, "conditional", False):
             if labels is None:
                 raise ValueError("This model is label-conditional: pass labels [B] (ints in [0, num_classes)).")
             labels = self._labels(labels)
-        elif num is None:
+            images = self.task.sample(params, key, labels, num=num, sampler=sampler)
+            # Traced labels are not range-checked: one outside [0, num_classes) gives a NaN image, not a clamped class.
+            valid = (labels >= 0) & (labels < self.task.num_classes)
+            return jnp.where(valid[:, None, None, None], images, jnp.nan)
+        if num is None:
             raise ValueError("Pass `num` (how many images) for an unconditional model.")
+        if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or num < 1:
+            raise ValueError(f"`num` must be a positive int (how many images); got {num!r}.")
         return self.task.sample(params, key, labels, num=num, sampler=sampler)
 
     def reconstruct(self, params, images, *, key, labels=None, context=None, sampler: str = "euler") -> jax.Array:
@@ -139,9 +212,9 @@ class LZN:
         context: other images [N, H, W, C] zoned with a and b. Pass a batch like the training batches: alone, the
         two images split the latent space in halves, and their latents say little about them.
         """
-        if steps < 2:
-            raise ValueError(f"`steps` must be at least 2 (the two ends); got {steps}.")
-        pair = jnp.concatenate([jnp.reshape(x, (1,) + tuple(jnp.shape(x))[-3:]) for x in (a, b)])
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 2:
+            raise ValueError(f"`steps` must be an int, at least 2 (the two ends); got {steps!r}.")
+        pair = jnp.concatenate([self._single_image(a, "a"), self._single_image(b, "b")])
         k_latent, k_noise = jax.random.split(key)
         lat_a, lat_b = self.latents(params, pair, key=k_latent, context=context)
         path = slerp(lat_a, lat_b, jnp.linspace(0.0, 1.0, steps))
