@@ -30,7 +30,8 @@ def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) ->
     )
     # Naming the handlers lets a fresh process read item metadata before restoring anything.
     handlers = {item: ocp.StandardCheckpointHandler() for item in ITEMS}
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+    directory = directory if "://" in str(directory) else os.path.abspath(directory)  # abspath mangles gs:// URLs
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> None:

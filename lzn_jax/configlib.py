@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.zoning.label_solver = "euler"
     c.zoning.label_num_steps = 100
     c.zoning.cutoff = 0.2  # fraction of early reverse-flow steps the losses ignore
-    c.zoning.block_size = 0  # anchors per kernel tile; 0 = automatic (dense up to 4096 anchors)
+    c.zoning.block_size = 0  # query rows per kernel tile ([rows, N] logits); 0 = auto: 2**24 / N
 
     c.loss = ml_collections.ConfigDict()
     c.loss.recon = 1.0  # rectified-flow L2 weight (official recon_loss_coe)

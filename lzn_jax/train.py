@@ -111,8 +111,7 @@ def _abstract_items(abstract_state, shardings, mesh) -> dict:
 
 def _write_config(config, workdir) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        writers.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 class _MetricAverager:
@@ -224,6 +223,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     writer.write_scalars(run.start_step, results)
     writer.flush()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_{run.start_step}.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        writers.write_text(os.path.join(workdir, f"eval_{run.start_step}.json"), json.dumps(results, indent=2))
     return results

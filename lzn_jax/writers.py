@@ -1,6 +1,6 @@
 """Metric writers: CLU's TensorBoard + logging writer, and a JSONL file a script can read back.
 
-Only process 0 writes files; other processes log. `metrics.jsonl` gets one JSON object per write:
+Only process 0 writes files (local or gs://); other processes log. `metrics.jsonl` gets one JSON object per write:
 {"step": int, "<name>": value, ...}.
 """
 
@@ -21,12 +21,12 @@ class JsonlWriter(interface.MetricWriter):
 
     def __init__(self, path: str):
         self._path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _gfile().makedirs(os.path.dirname(path) or ".")
 
     def _append(self, step: int, values: Mapping[str, Any]) -> None:
         record = {"step": int(step)}
         record.update({k: _plain(v) for k, v in values.items()})
-        with open(self._path, "a", encoding="utf-8") as f:
+        with _gfile().GFile(self._path, "a") as f:  # on GCS, TensorFlow rewrites the object with the new line
             f.write(json.dumps(record) + "\n")
 
     def write_scalars(self, step, scalars):
@@ -60,6 +60,13 @@ class JsonlWriter(interface.MetricWriter):
         pass
 
 
+def _gfile():
+    """tf.io.gfile: local paths and gs:// alike (imported on first use: TensorFlow is slow to import)."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
 def _plain(value):
     value = np.asarray(value)
     return value.item() if value.ndim == 0 else value.tolist()
@@ -73,7 +80,13 @@ def create(workdir: str) -> interface.MetricWriter:
     return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
 
 
+def write_text(path: str, text: str) -> None:
+    """Writes a text file, local or gs://."""
+    with _gfile().GFile(path, "w") as f:
+        f.write(text)
+
+
 def read_jsonl(path: str) -> list[dict]:
     """The records of a metrics.jsonl file, in order."""
-    with open(path, encoding="utf-8") as f:
+    with _gfile().GFile(path) as f:
         return [json.loads(line) for line in f if line.strip()]

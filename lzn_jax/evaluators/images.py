@@ -52,6 +52,10 @@ def make_grid(images: np.ndarray, *, nrow: int, padding: int = 2) -> np.ndarray:
 def save_grid(images, path: str | os.PathLike, *, nrow: int, padding: int = 2) -> np.ndarray:
     """Writes images [N,H,W,C] in [-1, 1] as a PNG grid with `nrow` images per row; returns the uint8 grid."""
     grid = make_grid(to_uint8(images), nrow=nrow, padding=padding)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid).save(path, format="PNG")
+    import tensorflow as tf  # tf.io.gfile writes local paths and gs:// alike; slow to import, so only here
+
+    path = os.fspath(path)
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    with tf.io.gfile.GFile(path, "wb") as f:
+        Image.fromarray(grid).save(f, format="PNG")
     return grid
