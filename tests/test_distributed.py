@@ -23,8 +23,8 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from support import saved_items
 
 from lzn_jax import checkpoint, writers
 
@@ -128,18 +128,6 @@ def metrics_by_step(workdir, prefix) -> dict[int, dict]:
         out.setdefault(record["step"], {}).update({k: v for k, v in record.items() if k.startswith(prefix)})
     return {step: values for step, values in out.items() if values}
 
-
-def saved_items(workdir, step) -> dict:
-    """Every item of the checkpoint at `step`, restored as numpy arrays (it was saved sharded over 4 devices)."""
-    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    meta = mngr.item_metadata(step)
-    target = {
-        item: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[item], is_leaf=lambda m: hasattr(m, "shape"))
-        for item in checkpoint.ITEMS
-    }
-    args = ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in target.items()})
-    restored = mngr.restore(step, args=args)
-    return {item: restored[item] for item in checkpoint.ITEMS}
 
 
 def test_the_processes_joined_one_job_through_the_launcher_variables(runs):

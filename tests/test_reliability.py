@@ -6,7 +6,6 @@ The runs go through `python -m lzn_jax.main` in subprocesses, on a tiny digits c
 run compiles, every later process loads its executables and costs little more than its imports.
 """
 
-import json
 import logging
 import os
 import pathlib
@@ -21,9 +20,8 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from support import load_config
+from support import load_config, saved_items
 
 from lzn_jax import checkpoint, configlib, parallel, train, writers
 
@@ -116,17 +114,6 @@ def partial_saves(workdir) -> list[str]:
     """Checkpoints being written: Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when complete."""
     return [name for name in entries(workdir) if not name.isdigit()]
 
-
-def saved_items(workdir, step) -> dict:
-    """Every item of a checkpoint as numpy arrays (the runs saved them sharded over 2 devices)."""
-    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    meta = mngr.item_metadata(step)
-    target = {
-        item: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta[item], is_leaf=lambda m: hasattr(m, "shape"))
-        for item in checkpoint.ITEMS
-    }
-    restored = mngr.restore(step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in target.items()}))
-    return {item: restored[item] for item in checkpoint.ITEMS}
 
 
 def assert_same_arrays(a, b, what):
