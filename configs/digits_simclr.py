@@ -7,7 +7,6 @@ The same encoder, augmented views, batch size, steps, optimizer and linear probe
 """
 
 from configs import digits_repr
-from lzn_jax import configlib  # noqa: F401  (the base config comes through digits_repr)
 
 
 def get_config(arg=None):

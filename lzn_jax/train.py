@@ -14,12 +14,10 @@ import json
 import logging
 import os
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from clu import parameter_overview, periodic_actions
 
 from lzn_jax import checkpoint, configlib, data, evaluators, optim, parallel, tasks, train_state, writers

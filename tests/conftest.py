@@ -4,7 +4,6 @@ import glob
 import os
 import pathlib
 
-import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _BUNDLED = REPO_ROOT / "tests" / "reference_data"  # a copy of seed 0, for clones without ../shared

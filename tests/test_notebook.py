@@ -5,7 +5,6 @@ import pathlib
 
 import nbclient
 import nbformat
-import pytest
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "lzn_demo.ipynb"
 DEMO_STEPS = 4  # enough for every cell to run; the pictures need the notebook's default of a few hundred

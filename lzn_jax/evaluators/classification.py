@@ -14,7 +14,6 @@ weight 0 in the mixture, so they change no other sample's latent.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lzn_jax import losses

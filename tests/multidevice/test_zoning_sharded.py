@@ -4,7 +4,6 @@ Run through tests/test_multidevice.py, which starts a process with 8 forced CPU 
 float64 so that they check the sharded algorithm itself; float32 would only compare summation orders.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
