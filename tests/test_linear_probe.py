@@ -42,6 +42,24 @@ def test_full_batch_probe_learns_and_weight_decay_changes_it(digits):
     assert decayed["train_loss"] > full["train_loss"]
 
 
+def test_standardized_probe_ignores_feature_scales_the_raw_probe_underfits(digits):
+    """Features at scales from 1e-3 to 1e2 (plus a constant column): the raw probe underfits them, the
+    standardized probe scores exactly as on the same features z-scored by hand."""
+    (train_x, train_y), (test_x, test_y) = _flat(digits[0]), _flat(digits[1])
+    scales = np.logspace(-3, 2, train_x.shape[1]).astype(np.float32)
+    scales = np.random.default_rng(0).permutation(scales)
+    skewed_train, skewed_test = train_x * scales + 5.0, test_x * scales + 5.0
+    kwargs = dict(num_classes=10, batch_size=64, num_epochs=30, lr=1e-3, seed=1)
+    raw = linear_probe.fit_linear_probe(skewed_train, train_y, skewed_test, test_y, **kwargs)
+    standardized = linear_probe.fit_linear_probe(skewed_train, train_y, skewed_test, test_y, standardize=True, **kwargs)
+    mean, std = train_x.mean(0), train_x.std(0)
+    scale = np.where(std > 1e-6, 1.0 / np.maximum(std, 1e-6), 0.0)  # digits have always-blank pixels
+    by_hand = linear_probe.fit_linear_probe((train_x - mean) * scale, train_y, (test_x - mean) * scale, test_y, **kwargs)
+    assert standardized["accuracy"] == pytest.approx(by_hand["accuracy"], abs=2 / len(test_y))
+    assert standardized["train_accuracy"] > 0.9 and standardized["accuracy"] > 0.9
+    assert raw["train_accuracy"] < standardized["train_accuracy"] - 0.05
+
+
 def test_probe_rejects_bad_shapes():
     x, y = np.zeros((4, 3)), np.zeros(4, int)
     with pytest.raises(ValueError, match="train needs"):

@@ -4,7 +4,10 @@ As the official metric: a `Linear(F, K)` head (PyTorch's default uniform init), 
 (lr 3e-4, weight decay 0 by default), 300 epochs of shuffled minibatches with the last partial batch
 dropped, raw (unnormalised) features, top-1 accuracy on the test split. The official metric recomputes
 features of augmented training images every epoch; here features are computed once, from the
-un-augmented split, so the probe is a pure function of two feature arrays.
+un-augmented split, so the probe is a pure function of two feature arrays. `standardize=True` (off by
+default, as the official) first z-scores every feature with the training split's mean and std, the
+StandardScaler step of a scikit-learn probe: raw features of very different scales make a fixed-budget Adam
+probe underfit, and the pixel baseline gets the same treatment.
 
 The whole optimisation is one `jax.jit` with the epochs and steps in `lax.scan`.
 """
@@ -87,6 +90,14 @@ def _check_split(name: str, x, y) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
 
 
+@jax.jit
+def _standardized(train_x: jax.Array, test_x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Both [N, F] and [M, F] z-scored with the train split's statistics."""
+    mean, std = jnp.mean(train_x, axis=0), jnp.std(train_x, axis=0)
+    scale = jnp.where(std > 1e-6, 1.0 / jnp.maximum(std, 1e-6), 0.0)
+    return (train_x - mean) * scale, (test_x - mean) * scale
+
+
 def fit_linear_probe(
     train_x,
     train_y,
@@ -98,6 +109,7 @@ def fit_linear_probe(
     num_epochs: int = 300,
     batch_size: int | None = None,
     weight_decay: float = 0.0,
+    standardize: bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
     """Trains a linear classifier on train features and scores it.
@@ -109,6 +121,8 @@ def fit_linear_probe(
       lr, weight_decay: AdamW settings.
       num_epochs: passes over the training features.
       batch_size: minibatch size (reshuffled each epoch, last partial batch dropped); None or >= N: full batch.
+      standardize: z-score both splits with the train features' per-feature mean and std (constant features
+        stay 0).
       seed: PRNG seed for the head's init and the shuffling; equal inputs and seed give equal results.
 
     Returns:
@@ -121,6 +135,8 @@ def fit_linear_probe(
         raise ValueError(f"train and test features differ in width: {train_x.shape[1]} vs {test_x.shape[1]}.")
     if num_epochs < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"num_epochs and batch_size must be >= 1, got {num_epochs} and {batch_size}.")
+    if standardize:
+        train_x, test_x = _standardized(train_x, test_x)
     n = train_x.shape[0]
     batch = n if batch_size is None else min(batch_size, n)
     head, losses = _train_head(
@@ -171,7 +187,7 @@ class LinearProbeEvaluator:
       num_classes: K.
       modes: encoder feature kinds, any of ("no_head", "head").
       include_pixels: also probe flattened pixels.
-      lr, num_epochs, batch_size, weight_decay, seed: see `fit_linear_probe`.
+      lr, num_epochs, batch_size, weight_decay, standardize, seed: see `fit_linear_probe`.
     """
 
     def __init__(
@@ -187,6 +203,7 @@ class LinearProbeEvaluator:
         num_epochs: int = 300,
         batch_size: int | None = None,
         weight_decay: float = 0.0,
+        standardize: bool = False,
         seed: int = 0,
     ):
         unknown = [m for m in modes if m not in MODES]
@@ -198,7 +215,7 @@ class LinearProbeEvaluator:
         self.include_pixels = include_pixels
         self.probe_kwargs = dict(
             num_classes=num_classes, lr=lr, num_epochs=num_epochs, batch_size=batch_size,
-            weight_decay=weight_decay, seed=seed,
+            weight_decay=weight_decay, standardize=standardize, seed=seed,
         )
         self._pixel_result: dict[str, float] | None = None
 

@@ -44,7 +44,8 @@ class LinearProbe:
     """eval/linear_probe_accuracy (features without the head, as the paper), _head, and _pixels (baseline)."""
 
     def __init__(self, *, task, config, mesh, workdir=None, writer=None, modes=("no_head", "head"),
-                 include_pixels=True, lr=3e-4, num_epochs=300, batch_size=256, weight_decay=0.0, seed=0):  # fmt: skip
+                 include_pixels=True, lr=3e-4, num_epochs=300, batch_size=256, weight_decay=0.0, standardize=False,
+                 seed=0):  # fmt: skip
         if not hasattr(task, "embed"):
             raise ValueError("linear_probe needs an encoder task (representation or simclr).")
         eval_batch = config.eval_batch_size
@@ -52,7 +53,7 @@ class LinearProbe:
             _Embedder(task, mesh), _split_fn(config, "train", eval_batch), _split_fn(config, "test", eval_batch),
             num_classes=config.num_classes, modes=modes,
             include_pixels=include_pixels, lr=lr, num_epochs=num_epochs, batch_size=batch_size,
-            weight_decay=weight_decay, seed=seed,
+            weight_decay=weight_decay, standardize=standardize, seed=seed,
         )  # fmt: skip
 
     def run(self, params, step):
