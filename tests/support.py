@@ -31,3 +31,25 @@ def saved_items(workdir, step) -> dict:
     }
     restored = mngr.restore(step, args=ocp.args.Composite(**{k: ocp.args.StandardRestore(v) for k, v in target.items()}))
     return {item: restored[item] for item in checkpoint.ITEMS}
+
+
+TINY_TRUNK = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+
+
+def tiny_joint_config():
+    """configs/digits_joint.py:runlocal shrunk to 8x8 images, a tiny NCSN++ and 3 sampler steps: quick to compile."""
+    config = load_config("digits_joint", "runlocal")
+    config.encoder.update(TINY_TRUNK)
+    config.decoder.update(TINY_TRUNK)
+    config.data.image_size = 8
+    config.rf.euler_steps = 3
+    return config
+
+
+def tiny_joint_model():
+    """(LZN, params) of `tiny_joint_config()`, params freshly initialised."""
+    from lzn_jax import api
+
+    lzn = api.LZN.from_config(tiny_joint_config())
+    batch = {"image": np.zeros((2, 8, 8, 1), np.float32), "label": np.zeros((2,), np.int32)}
+    return lzn, lzn.task.init(jax.random.key(0), batch)

@@ -4,27 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import load_config
+from support import tiny_joint_config, tiny_joint_model
 
 from lzn_jax import api, checkpoint, configlib, train
 
-TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-
-
-def tiny_joint():
-    config = load_config("digits_joint", "runlocal")
-    config.encoder.update(TINY)
-    config.decoder.update(TINY)
-    config.data.image_size = 8
-    config.rf.euler_steps = 3
-    return config
-
-
 @pytest.fixture(scope="module")
 def model():
-    lzn = api.LZN.from_config(tiny_joint())
-    params = lzn.task.init(jax.random.key(0), {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)})
-    return lzn, params
+    return tiny_joint_model()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def test_bad_inputs_say_what_was_expected(model, images, call, error, message):
 
 
 def test_compositions_the_model_lacks_are_refused():
-    config = configlib.override(tiny_joint(), conditional=False, **{"encoder.name": ""})
+    config = configlib.override(tiny_joint_config(), conditional=False, **{"encoder.name": ""})
     lzn = api.LZN.from_config(config)
     params = lzn.task.init(jax.random.key(0), {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)})
     x = jnp.zeros((2, 8, 8, 1))
@@ -122,7 +108,7 @@ def test_compositions_the_model_lacks_are_refused():
 
 def test_load_a_workdir_written_by_training(tmp_path):
     """A workdir as lzn_jax.main leaves it: config.json and an Orbax checkpoint of the train state."""
-    config = tiny_joint()
+    config = tiny_joint_config()
     run = train.setup(config, str(tmp_path))  # a fresh state, as at the start of training
     state = run.state.replace(ema_params=jax.tree.map(lambda x: x + 1.0, run.state.params))
     train._write_config(config, str(tmp_path))

@@ -5,19 +5,13 @@ import os
 
 import jax
 import numpy as np
-from support import load_config
+from support import tiny_joint_config
 from test_convert import all_fields, official_state_shapes, synthetic_state_dict
 
 from lzn_jax import api, convert, train
 
-TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-
-
 def test_converted_official_checkpoint_is_evaluated_and_loaded(tmp_path):
-    config = load_config("digits_joint", "runlocal")
-    config.encoder.update(TINY)
-    config.decoder.update(TINY)
-    config.data.image_size = 8
+    config = tiny_joint_config()
     config.rf.euler_steps = 2
     config.evals = {"class_accuracy": dict(splits=("test",), stds=(0.0,), batch_size=360)}
     official = {}

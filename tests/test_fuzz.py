@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from support import tiny_joint_model
 
 from lzn_jax import zoning
 
@@ -317,13 +318,7 @@ def test_under_jit_a_bad_value_makes_its_outputs_nan(seed, where, value, solver)
 
 @pytest.fixture(scope="module")
 def model():
-    from test_api import tiny_joint
-
-    from lzn_jax import api
-
-    lzn = api.LZN.from_config(tiny_joint())
-    params = lzn.task.init(jax.random.key(0), {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.zeros((2,), jnp.int32)})
-    return lzn, params
+    return tiny_joint_model()
 
 
 @st.composite
