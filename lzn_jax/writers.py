@@ -21,12 +21,12 @@ class JsonlWriter(interface.MetricWriter):
 
     def __init__(self, path: str):
         self._path = path
-        _gfile().makedirs(os.path.dirname(path) or ".")
+        gfile().makedirs(os.path.dirname(path) or ".")
 
     def _append(self, step: int, values: Mapping[str, Any]) -> None:
         record = {"step": int(step)}
         record.update({k: _plain(v) for k, v in values.items()})
-        with _gfile().GFile(self._path, "a") as f:  # on GCS, TensorFlow rewrites the object with the new line
+        with gfile().GFile(self._path, "a") as f:  # on GCS, TensorFlow rewrites the object with the new line
             f.write(json.dumps(record) + "\n")
 
     def write_scalars(self, step, scalars):
@@ -60,7 +60,7 @@ class JsonlWriter(interface.MetricWriter):
         pass
 
 
-def _gfile():
+def gfile():
     """tf.io.gfile: local paths and gs:// alike (imported on first use: TensorFlow is slow to import)."""
     import tensorflow as tf
 
@@ -82,11 +82,11 @@ def create(workdir: str) -> interface.MetricWriter:
 
 def write_text(path: str, text: str) -> None:
     """Writes a text file, local or gs://."""
-    with _gfile().GFile(path, "w") as f:
+    with gfile().GFile(path, "w") as f:
         f.write(text)
 
 
 def read_jsonl(path: str) -> list[dict]:
     """The records of a metrics.jsonl file, in order."""
-    with _gfile().GFile(path) as f:
+    with gfile().GFile(path) as f:
         return [json.loads(line) for line in f if line.strip()]

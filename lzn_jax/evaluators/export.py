@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from lzn_jax import writers
+
 
 def _first_per_class(features: np.ndarray, labels: np.ndarray, num_per_class: int):
     """The first `num_per_class` rows of each class, class-major (classes ascending, data order within)."""
@@ -55,11 +57,13 @@ def export_embeddings(
     if num_per_class is not None:
         features, labels = _first_per_class(features, labels, num_per_class)
 
-    os.makedirs(out_dir, exist_ok=True)
+    fs = writers.gfile()  # the workdir may be a gs:// bucket
+    fs.makedirs(os.fspath(out_dir))
     stem = f"representation_{'head' if apply_head else 'no_head'}_{split}"
     if step is not None:
         stem += f"_{step:09d}"
     path = os.path.join(os.fspath(out_dir), f"{stem}.npy")
-    np.save(path, features)
-    np.save(os.path.join(os.fspath(out_dir), f"{stem}_labels.npy"), labels)
+    for file_path, array in ((path, features), (os.path.join(os.fspath(out_dir), f"{stem}_labels.npy"), labels)):
+        with fs.GFile(file_path, "wb") as f:
+            np.save(f, array)
     return path

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import io
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from lzn_jax import writers
 from lzn_jax.evaluators import images as image_utils
 from lzn_jax.evaluators import inception
 
@@ -249,10 +251,10 @@ class FIDEvaluator:
         return f"{os.path.basename(self.inception_weights)}:{os.path.getsize(self.inception_weights)}"
 
     def _load_cached(self, pipeline: str) -> tuple[np.ndarray, np.ndarray] | None:
-        path = self.cache_path(pipeline)
-        if not os.path.isfile(path):
+        path, fs = self.cache_path(pipeline), writers.gfile()  # the cache sits in the workdir: maybe gs://
+        if not fs.exists(path):
             return None
-        with np.load(path) as data:
+        with fs.GFile(path, "rb") as f, np.load(f) as data:
             if str(data["inception_weights"]) != self._weights_id():
                 return None  # computed with other Inception weights: recompute rather than compare across them
             return data["mu"], data["sigma"]
@@ -260,11 +262,15 @@ class FIDEvaluator:
     def _save_cached(self, pipeline: str, mu: np.ndarray, sigma: np.ndarray, count: int) -> None:
         if jax.process_index() != 0:
             return
-        os.makedirs(self.cache_dir, exist_ok=True)
+        fs = writers.gfile()
+        fs.makedirs(self.cache_dir)
         path = self.cache_path(pipeline)
         tmp = f"{path}.tmp.npz"
-        np.savez(tmp, mu=mu, sigma=sigma, num_samples=count, inception_weights=self._weights_id())
-        os.replace(tmp, path)  # atomic: an interrupted run never leaves a truncated cache behind
+        buffer = io.BytesIO()  # zipfile reads back what it writes: a write-only GCS stream cannot serve that
+        np.savez(buffer, mu=mu, sigma=sigma, num_samples=count, inception_weights=self._weights_id())
+        with fs.GFile(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+        fs.rename(tmp, path, overwrite=True)  # an interrupted run never leaves a truncated cache behind
 
     def _reference_images(self) -> Iterator[np.ndarray]:
         """Reference images [b,H,W,C], masked rows dropped, stopping at `num_reference_samples`."""

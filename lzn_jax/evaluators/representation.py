@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from lzn_jax import data, parallel
+from lzn_jax import data, parallel, writers
 from lzn_jax.evaluators import common, export, linear_probe
 
 
@@ -75,4 +75,5 @@ class ExportEmbeddings:
             self.embed, self.batches, params, os.path.join(self.workdir, "embeddings"), split=self.split,
             apply_head=self.apply_head, num_per_class=self.num_per_class, step=step,
         )  # fmt: skip
-        yield "eval/exported_embeddings", float(np.load(path).shape[0])
+        with writers.gfile().GFile(path, "rb") as f:
+            yield "eval/exported_embeddings", float(np.load(f).shape[0])
