@@ -65,6 +65,30 @@ def batch_spec(config, batch_size: int) -> dict:
     return spec
 
 
+@dataclasses.dataclass
+class Built:
+    """The system a config describes, shapes only: nothing is allocated or computed yet.
+
+    `train.setup` (and so `main`), the tests, the scale rehearsal and the benchmarks all build through `build`.
+    """
+
+    task: object
+    optimizer: object
+    init: object  # rng -> TrainState (pure; jit it with out_shardings=shardings)
+    abstract_state: train_state.TrainState  # ShapeDtypeStructs
+    shardings: train_state.TrainState  # NamedShardings, replicated or FSDP as config.mesh.fsdp says
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
+    """Task, optimizer, init function, abstract state and its shardings for `config` on `mesh` (no compute)."""
+    task = tasks.build(config)
+    optimizer = optim.make_optimizer(config.optim, task.modules)
+    init = train_state.init_fn(task, optimizer, batch_spec(config, 2), fsdp=config.mesh.fsdp)
+    abstract_state = jax.eval_shape(init, jax.random.key(config.seed))
+    shardings = train_state.state_shardings(abstract_state, mesh, config.mesh.fsdp)
+    return Built(task, optimizer, init, abstract_state, shardings)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Validates everything, builds mesh/task/state and restores the newest checkpoint (or checkpoint.path)."""
     configlib.check(config)
@@ -72,13 +96,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
     parallel.check_batch_size(config.batch_size, mesh)
     data.num_examples(config.data, "train")  # a missing dataset fails here, before compute
-    task = tasks.build(config)
-    optimizer = optim.make_optimizer(config.optim, task.modules)
+    built = build(config, mesh)
+    task, optimizer, init, shardings = built.task, built.optimizer, built.init, built.shardings
     rng = jax.random.key(config.seed)
-    init = train_state.init_fn(task, optimizer, batch_spec(config, 2))
-    abstract_state = jax.eval_shape(init, rng)  # shapes only: a resumed run never computes the initial state
-    shardings = train_state.state_shardings(abstract_state, mesh, config.mesh.fsdp)
-    target = _abstract_items(abstract_state, shardings, mesh)
+    target = _abstract_items(built.abstract_state, shardings, mesh)
     manager = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     start = time.perf_counter()
     restored = checkpoint.restore_latest(manager, target)
