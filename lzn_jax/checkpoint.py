@@ -20,7 +20,15 @@ PARAM_ITEMS = ("params", "ema_params")
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint whose arrays do not fit the model the config builds."""
+    """A checkpoint whose arrays do not fit the model the config builds; `step` is the checkpoint's step."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Checkpoints exist but none of them could be read: the run stops instead of starting again from step 0."""
 
 
 def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -39,22 +47,54 @@ def save(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> None:
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) -> Optional[tuple[int, dict]]:
-    """Restores the newest readable checkpoint into `abstract_items`' structure and shardings.
+    """Restores the newest restorable checkpoint into `abstract_items`' structure and shardings.
 
-    An unreadable checkpoint (e.g. damaged files) is skipped with a warning naming it, falling back to the
-    previous one; a checkpoint of another architecture raises CheckpointMismatchError listing the arrays that
-    differ. Returns (step, items) or None when there is no checkpoint.
+    Returns (step, items), or None only when the directory holds no checkpoint at all. A run never restarts from
+    step 0 over checkpoints it could not read:
+    - a checkpoint whose arrays do not fit `abstract_items` (another architecture, another `mesh.fsdp` layout of
+      the Adam state, ...) raises CheckpointMismatchError listing the arrays that differ, without falling back:
+      the config differs, and an older checkpoint of the same run would differ the same way;
+    - a checkpoint that fits but fails to read (damaged files; tried twice, so a transient storage error is not
+      taken for damage) is skipped with a warning saying so, falling back to the previous one;
+    - when every checkpoint fails to read, CheckpointRestoreError names each step tried and why it failed.
     """
+    failures = []
     for step in sorted(mngr.all_steps(), reverse=True):
         check_compatible(mngr, step, abstract_items)
         try:
-            return step, _restore(mngr, step, abstract_items)
-        except Exception as error:  # noqa: BLE001 -- any read failure means: try the previous checkpoint
+            items = _restore_twice(mngr, step, abstract_items)
+        except Exception as error:  # noqa: BLE001 -- the arrays fit, so a read failure is damage: try the previous
+            failures.append(f"step {step}: {type(error).__name__}: {_one_line(error)}")
             logging.warning(
-                "Checkpoint %s is unreadable (%s: %s); falling back to the previous one.",
-                os.path.join(str(mngr.directory), str(step)), type(error).__name__, error,
+                "Checkpoint %s is damaged (it fits the model but its arrays fail to read: %s); falling back to the "
+                "previous checkpoint.", os.path.join(str(mngr.directory), str(step)), failures[-1],
             )  # fmt: skip
+            continue
+        if failures:
+            logging.warning("Resumed from step %d, past %d damaged newer checkpoint(s).", step, len(failures))
+        return step, items
+    if failures:
+        raise CheckpointRestoreError(
+            f"None of the {len(failures)} checkpoint(s) in {mngr.directory} could be restored, and training does not "
+            "silently start again from step 0:\n  " + "\n  ".join(failures) + "\nRepair the storage or move the "
+            "damaged checkpoints away; a fresh --workdir starts a new run."
+        )
     return None
+
+
+def _restore_twice(mngr, step, abstract_items):
+    """`_restore`, retried once: a second failure is taken for damage, a first one may be a transient read error."""
+    try:
+        return _restore(mngr, step, abstract_items)
+    except Exception as error:  # noqa: BLE001
+        logging.warning("Reading checkpoint step %d failed (%s: %s); trying once more.", step, type(error).__name__,
+                        _one_line(error))  # fmt: skip
+        return _restore(mngr, step, abstract_items)
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def restore_params(directory: str, abstract_params: dict[str, Any], step: Optional[int] = None) -> dict[str, Any]:
@@ -77,15 +117,16 @@ def _restore(mngr, step, abstract_items):
 
 
 def check_compatible(mngr, step: int, abstract_items: dict[str, Any]) -> None:
-    """Compares the stored params/EMA arrays with the expected ones; raises naming every difference."""
+    """Compares the stored arrays of every item with the expected ones; raises naming every difference.
+
+    Unreadable metadata passes: it is damage, which reading the arrays then reports (see `restore_latest`).
+    """
     try:
         stored = mngr.item_metadata(step)
     except Exception:  # noqa: BLE001 -- unreadable metadata is handled as an unreadable checkpoint
         return
     problems = []
-    for item in PARAM_ITEMS:
-        if item not in abstract_items:
-            continue
+    for item in abstract_items:
         if stored.get(item) is None:
             problems.append(f"item {item!r} is missing")
             continue
@@ -94,8 +135,9 @@ def check_compatible(mngr, step: int, abstract_items: dict[str, Any]) -> None:
         where = os.path.join(str(mngr.directory), str(step))
         listing = "\n  ".join(problems[:40]) + ("\n  ..." if len(problems) > 40 else "")
         raise CheckpointMismatchError(
-            f"Checkpoint {where} does not match the model this config builds ({len(problems)} differences):\n"
-            f"  {listing}\nUse the config the checkpoint was trained with, or a fresh --workdir."
+            f"Checkpoint {where} does not match the state this config builds ({len(problems)} differences):\n"
+            f"  {listing}\nUse the config the checkpoint was trained with, or a fresh --workdir.",
+            step,
         )
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 from absl import app, flags
 from ml_collections import config_flags
 
-from lzn_jax import configlib, parallel, train
+from lzn_jax import checkpoint, configlib, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -100,7 +100,9 @@ def run():
     _config_root_on_path(sys.argv)
     try:
         app.run(main, flags_parser=_parse_flags)
-    except (ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps) as error:
+    except (
+        ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps, checkpoint.CheckpointRestoreError
+    ) as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

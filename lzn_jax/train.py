@@ -78,6 +78,10 @@ class Built:
     abstract_state: train_state.TrainState  # ShapeDtypeStructs
     shardings: train_state.TrainState  # NamedShardings, replicated or FSDP as config.mesh.fsdp says
 
+    def fresh_state(self, rng: jax.Array) -> train_state.TrainState:
+        """The initial state, each array created where `shardings` places it (never whole on one device)."""
+        return jax.jit(self.init, out_shardings=self.shardings)(rng)
+
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
     """Task, optimizer, init function, abstract state and its shardings for `config` on `mesh` (no compute)."""
@@ -97,23 +101,51 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     parallel.check_batch_size(config.batch_size, mesh)
     data.num_examples(config.data, "train")  # a missing dataset fails here, before compute
     built = build(config, mesh)
-    task, optimizer, init, shardings = built.task, built.optimizer, built.init, built.shardings
-    rng = jax.random.key(config.seed)
+    task, optimizer, shardings = built.task, built.optimizer, built.shardings
     target = _abstract_items(built.abstract_state, shardings, mesh)
     manager = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     start = time.perf_counter()
-    restored = checkpoint.restore_latest(manager, target)
+    restored = _restore_latest(config, mesh, manager, target)
     if restored is not None:
         step, items = restored
         state = train_state.TrainState.from_items(items)
         logging.info("Resumed from %s at step %d (restored in %.2f s).", manager.directory, step, time.perf_counter() - start)
     else:
-        state = jax.jit(init, out_shardings=shardings)(rng)
+        state = built.fresh_state(jax.random.key(config.seed))
         if config.checkpoint.path:
             loaded = checkpoint.restore_params(config.checkpoint.path, target)
             state = state.replace(params=loaded["params"], ema_params=loaded["ema_params"])
             logging.info("Loaded params and EMA params from %s.", config.checkpoint.path)
     return Run(config, workdir, mesh, task, optimizer, state, shardings, manager, int(state.step))
+
+
+def _restore_latest(config, mesh, manager, target: dict):
+    """`checkpoint.restore_latest` into `target`; a checkpoint of the other `mesh.fsdp` layout is converted.
+
+    The layouts differ in the Adam state only (raveled per module, or trees: `train_state._to_optimizer`), so a
+    run can switch FSDP on or off between restarts. Any other mismatch stops with the arrays that differ.
+    """
+    try:
+        return checkpoint.restore_latest(manager, target)
+    except checkpoint.CheckpointMismatchError as mismatch:
+        other_config = config.copy_and_resolve_references()
+        other_config.mesh.fsdp = not config.mesh.fsdp
+        other = build(other_config, mesh)
+        other_target = _abstract_items(other.abstract_state, other.shardings, mesh)
+        try:
+            checkpoint.check_compatible(manager, mismatch.step, other_target)
+        except checkpoint.CheckpointMismatchError:
+            raise mismatch from None
+    step, items = checkpoint.restore_latest(manager, other_target)
+    logging.warning(
+        "Checkpoint step %d was saved with config.mesh.fsdp=%s; this run has config.mesh.fsdp=%s: converting its Adam "
+        "state to this layout.", step, other_config.mesh.fsdp, config.mesh.fsdp,
+    )  # fmt: skip
+
+    def relayout(items):
+        return dict(items, opt_state=train_state.relayout_opt_state(items["opt_state"], target["opt_state"]))
+
+    return step, jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, target))(items)
 
 
 def _abstract_items(abstract_state, shardings, mesh) -> dict:

@@ -14,6 +14,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lzn_jax import optim, parallel
@@ -96,11 +97,27 @@ def state_shardings(abstract_state: TrainState, mesh, fsdp: bool):
     )  # fmt: skip
 
 
-def create(task, optimizer, batch_spec, rng, mesh, fsdp=False) -> tuple[TrainState, TrainState]:
-    """Shape-first init: eval_shape → shardings → jit(init, out_shardings). Returns (state, its shardings)."""
-    init = init_fn(task, optimizer, batch_spec, fsdp)
-    shardings = state_shardings(jax.eval_shape(init, rng), mesh, fsdp)
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
+def relayout_opt_state(opt_state, target):
+    """An Adam state of the other `mesh.fsdp` layout, converted to `target`'s (ShapeDtypeStructs of this layout).
+
+    The raveled (replicated) layout is a tree prefix of the tree (FSDP) layout: where one holds a module's
+    vector, the other holds that module's params tree, whose leaves `optim.flatten` concatenates in tree order.
+    """
+    if len(jax.tree.leaves(target)) >= len(jax.tree.leaves(opt_state)):  # raveled -> trees
+        return jax.tree.map(_unravel_like, opt_state, target)
+    return jax.tree.map(lambda like, tree: _ravel(tree).reshape(like.shape), target, opt_state)
+
+
+def _ravel(tree) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def _unravel_like(vector, like):
+    """vector [sum of sizes] -> a tree of `like`'s structure and shapes (the inverse of `_ravel`)."""
+    leaves, treedef = jax.tree.flatten(like)
+    ends = np.cumsum([leaf.size for leaf in leaves])
+    parts = [jnp.ravel(vector)[end - leaf.size : end].reshape(leaf.shape) for leaf, end in zip(leaves, ends)]
+    return treedef.unflatten(parts)
 
 
 def _all_finite(tree) -> jax.Array:

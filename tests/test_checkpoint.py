@@ -75,3 +75,83 @@ def test_restore_params_only_from_a_converted_checkpoint(tmp_path):
     np.testing.assert_array_equal(restored["ema_params"]["decoder"]["bias"], 8.0)
     with pytest.raises(FileNotFoundError, match="not a directory"):
         checkpoint.restore_params(str(tmp_path / "missing"), abstract(items()))
+
+
+def saved(tmp_path, *scales, width=3):
+    """A checkpoint directory with one step per scale (steps 1, 2, ...); returns its path."""
+    mngr = checkpoint.manager(str(tmp_path))
+    for step, scale in enumerate(scales, 1):
+        checkpoint.save(mngr, step, items(scale, width))
+    mngr.wait_until_finished()
+    return tmp_path
+
+
+def damage(step_dir, item="params", name=None):
+    """Overwrites the files of one item of a checkpoint (every file, or those called `name`)."""
+    for root, _, files in os.walk(step_dir / item):
+        for file in files:
+            if name is None or file == name:
+                with open(os.path.join(root, file), "wb") as f:
+                    f.write(b"not a checkpoint")
+
+
+def test_when_every_checkpoint_is_damaged_one_error_names_each_step_and_why(tmp_path, caplog):
+    """The bug: restore_latest skipped every unreadable checkpoint and returned None, so training silently started
+    again from step 0 over a directory of checkpoints."""
+    directory = saved(tmp_path, 1.0, 2.0)
+    damage(directory / "1")
+    damage(directory / "2")
+    with pytest.raises(checkpoint.CheckpointRestoreError) as info, caplog.at_level(logging.WARNING):
+        checkpoint.restore_latest(checkpoint.manager(str(directory)), abstract(items()))
+    message = str(info.value)
+    assert "None of the 2 checkpoint(s)" in message and "silently start again from step 0" in message
+    lines = [line.strip() for line in message.splitlines()]
+    assert any(line.startswith("step 2: ") for line in lines) and any(line.startswith("step 1: ") for line in lines)
+    assert "damaged" in caplog.text
+
+
+def test_a_damaged_checkpoint_is_read_twice_before_it_counts_as_damaged(tmp_path, monkeypatch):
+    """A transient storage error (one failed read) restores the newest checkpoint instead of an older one."""
+    directory = saved(tmp_path, 1.0, 2.0)
+    real, calls = checkpoint._restore, []
+
+    def flaky(mngr, step, abstract_items):
+        calls.append(step)
+        if len(calls) == 1:
+            raise OSError("503 Service Unavailable")
+        return real(mngr, step, abstract_items)
+
+    monkeypatch.setattr(checkpoint, "_restore", flaky)
+    step, _ = checkpoint.restore_latest(checkpoint.manager(str(directory)), abstract(items()))
+    assert step == 2 and calls == [2, 2]
+
+
+def test_an_incompatible_newest_checkpoint_stops_instead_of_falling_back(tmp_path):
+    """A config change is not damage: restoring an older checkpoint would only hide it (or restore the wrong run)."""
+    mngr = checkpoint.manager(str(tmp_path))
+    checkpoint.save(mngr, 1, items(width=3))
+    checkpoint.save(mngr, 2, items(width=5))
+    mngr.wait_until_finished()
+    with pytest.raises(checkpoint.CheckpointMismatchError) as info:
+        checkpoint.restore_latest(checkpoint.manager(str(tmp_path)), abstract(items(width=3)))
+    assert info.value.step == 2
+    assert "params/encoder/dense/kernel: shape (5, 2) in the checkpoint, (3, 2) in the model" in str(info.value)
+
+
+def test_an_optimizer_state_of_another_layout_is_a_mismatch_naming_its_arrays(tmp_path):
+    """Replicated runs store Adam moments raveled per module, FSDP runs as trees (see train_state._to_optimizer)."""
+    directory = saved(tmp_path, 1.0)
+    expected = abstract(items())
+    expected["opt_state"] = {"count": expected["opt_state"]["count"], "mu": {"encoder": jax.ShapeDtypeStruct((6,), jnp.float32)}}
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="opt_state/mu/encoder: missing from the checkpoint"):
+        checkpoint.restore_latest(checkpoint.manager(str(directory)), expected)
+
+
+def test_damaged_metadata_is_damage_too(tmp_path, caplog):
+    directory = saved(tmp_path, 1.0, 2.0)
+    damage(directory / "2", name="_METADATA")
+    with caplog.at_level(logging.WARNING):
+        step, restored = checkpoint.restore_latest(checkpoint.manager(str(directory)), abstract(items()))
+    assert step == 1
+    np.testing.assert_array_equal(restored["params"]["decoder"]["bias"], 1.0)
+    assert str(directory / "2") in caplog.text and "damaged" in caplog.text

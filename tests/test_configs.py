@@ -5,16 +5,15 @@ import pytest
 from support import CONFIG_DIR
 from support import load_config as load
 
-from lzn_jax import configlib, optim, tasks, train, train_state
+from lzn_jax import configlib, parallel, tasks, train
 
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "common")
 
 
 def abstract_state(config):
-    task = tasks.build(config)
-    optimizer = optim.make_optimizer(config.optim, task.modules)
-    init = train_state.init_fn(task, optimizer, train.batch_spec(config, 1))
-    return task, jax.eval_shape(init, jax.random.key(0))
+    """(task, abstract train state) as `train.setup` builds them, on this process's devices (no compute)."""
+    built = train.build(config, parallel.make_mesh(config.mesh.data, config.mesh.model))
+    return built.task, built.abstract_state
 
 
 def test_every_experiment_has_a_config():

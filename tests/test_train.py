@@ -9,7 +9,7 @@ import pytest
 
 from support import load_config as load
 
-from lzn_jax import configlib, optim, parallel, tasks, train, train_state, writers
+from lzn_jax import configlib, parallel, train, train_state, writers
 
 TINY_TRUNK = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
 
@@ -27,11 +27,11 @@ def tiny(name, **updates):
 
 
 def one_step(config, batch_update=None):
-    task = tasks.build(config)
-    optimizer = optim.make_optimizer(config.optim, task.modules)
-    mesh = parallel.make_mesh(-1)
-    state, shardings = train_state.create(task, optimizer, train.batch_spec(config, 2), jax.random.key(0), mesh)
-    step = train_state.make_train_step(task, optimizer, config, mesh, shardings)
+    """One train step from a fresh state, both built as `train.setup` and `train_and_evaluate` build them."""
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+    built = train.build(config, mesh)
+    state = built.fresh_state(jax.random.key(config.seed))
+    step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
     batch = next(train.data.train_iterator(config.data, batch_size=config.batch_size, seed=0))
     if batch_update:
         batch = batch_update(batch)

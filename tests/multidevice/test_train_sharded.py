@@ -20,8 +20,7 @@ import pytest
 
 from support import load_config
 
-from lzn_jax import configlib, data, optim, parallel, tasks, train, train_state
-from lzn_jax.evaluators import classification
+from lzn_jax import configlib, data, evaluators, parallel, train, train_state
 
 STEPS = 3
 TINY_TRUNK = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
@@ -55,15 +54,12 @@ def per_device_bytes(tree) -> int:
 def trained(data_devices, model_devices, fsdp):
     """STEPS steps from the same init and batches: (losses [STEPS], params, initial params, state bytes per device)."""
     config = tiny_config(data_devices, model_devices, fsdp)
-    task = tasks.build(config)
-    optimizer = optim.make_optimizer(config.optim, task.modules)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
-    state, shardings = train_state.create(
-        task, optimizer, train.batch_spec(config, 2), jax.random.key(config.seed), mesh, fsdp
-    )
+    built = train.build(config, mesh)  # as train.setup builds it
+    state = built.fresh_state(jax.random.key(config.seed))
     initial = jax.tree.map(np.asarray, state.params)
     stored = per_device_bytes((state.params, state.ema_params, state.opt_state))
-    step = train_state.make_train_step(task, optimizer, config, mesh, shardings)
+    step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
     losses = []
     with jax.set_mesh(mesh):
         for batch in host_batches():
@@ -106,17 +102,15 @@ def test_fsdp_stores_the_state_sharded():
 def test_class_accuracy_is_the_same_on_8_devices():
     """Case study 3's evaluator zones each eval batch across devices, with class weights and padding masks."""
     config = configlib.override(tiny_config(name="digits_joint"), **{"zoning.label_num_steps": 4})
-    task = tasks.build(config)
-    params = jax.jit(task.init)(jax.random.key(0), {k: jax.numpy.zeros(v.shape, v.dtype) for k, v in
-                                                     train.batch_spec(config, 2).items()})  # fmt: skip
+    spec = {"splits": ("test",), "stds": (0.0, 1.0), "batch_size": 120}
     results = []
     for data_devices in (1, 8):
         mesh = parallel.make_mesh(data_devices)
-        evaluator = classification.ClassAccuracy(
-            task=task, config=config, mesh=mesh, splits=("test",), stds=(0.0, 1.0), batch_size=120
-        )
+        built = train.build(config, mesh)  # the same initial params on either mesh (one seed)
+        evaluator = evaluators.build("class_accuracy", spec, task=built.task, config=config, workdir=None, mesh=mesh,
+                                     writer=None)  # fmt: skip
         with jax.set_mesh(mesh):
-            results.append(dict(evaluator.run(jax.device_put(params, parallel.replicated(mesh)), STEPS)))
+            results.append(dict(evaluator.run(built.fresh_state(jax.random.key(0)).params, STEPS)))
     assert set(results[0]) == {"eval/accuracy", "eval/accuracy_with_class_weights", "eval/accuracy_std1",
                                "eval/accuracy_std1_with_class_weights"}  # fmt: skip
     for name, value in results[0].items():
