@@ -9,6 +9,8 @@ Model sections are flat `{name: <registry key>, **module fields}` dicts (see `lz
 from __future__ import annotations
 
 import difflib
+import inspect
+import os
 from typing import Any, Iterable
 
 import ml_collections
@@ -132,6 +134,53 @@ def check(config: ml_collections.ConfigDict) -> None:
     from lzn_jax import tasks  # deferred: tasks import models, which this module must not need
 
     tasks.check_config(config)
+    _check_evals(config)
+
+
+def _check_evals(config) -> None:
+    """Each `config.evals` entry names an evaluator, sets only its keyword arguments, each of its default's kind,
+    and the files an enabled evaluator reads exist: a typo fails here, not after the first training steps.
+
+    The valid keys come from the evaluator classes' signatures (`evaluators.spec_keys`).
+    """
+    from lzn_jax import evaluators  # deferred: the evaluators import data pipelines and models
+
+    for name, spec in config.evals.items():
+        where = f"config.evals.{name}"
+        if not isinstance(spec, (dict, ml_collections.ConfigDict)):
+            raise ValueError(f"{where} must be a section of evaluator settings; got {type(spec).__name__} {spec!r}.")
+        kind = evaluators.kind_of(name, spec)
+        keys = evaluators.spec_keys(kind)
+        every = spec.get("every_steps", config.eval_every_steps)
+        if not isinstance(every, int) or isinstance(every, bool) or every < -1:
+            raise ValueError(f"{where}.every_steps={every!r} must be an integer: N > 0 (every N steps and at the end), "
+                             "0 (at the end only) or -1 (off).")  # fmt: skip
+        for key, value in spec.items():
+            if key in evaluators.SCHEDULE_KEYS or (key not in keys and "**" in keys):
+                continue
+            if key not in keys:
+                valid = (set(keys) | set(evaluators.SCHEDULE_KEYS)) - {"**"}
+                raise ValueError(_unknown_key_message(key, valid, where) + f" (the {kind!r} evaluator's settings)")
+            default = keys[key]
+            if default is not inspect.Parameter.empty and default is not None and not _same_kind(value, default):
+                raise ValueError(f"{where}.{key}={value!r} is a {type(value).__name__}; the {kind!r} evaluator takes a "
+                                 f"{type(default).__name__} (default {default!r}).")  # fmt: skip
+        missing = sorted(k for k, d in keys.items() if d is inspect.Parameter.empty and k != "**" and k not in spec)
+        if missing:
+            raise ValueError(f"{where}: the {kind!r} evaluator needs {', '.join(missing)}.")
+        if every != -1:
+            _check_files(where, kind, {**keys, **spec}, evaluators.FILE_ARGUMENTS.get(kind, ()))
+
+
+def _check_files(where: str, kind: str, settings: dict, file_keys: Iterable[str]) -> None:
+    for key in file_keys:
+        path = settings.get(key)
+        if not path:
+            raise ValueError(f"{where}.{key} is not set: the {kind!r} evaluator reads that file. Set it, or switch "
+                             f"the evaluator off with {where}.every_steps=-1.")  # fmt: skip
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{where}.{key}={path!r} does not exist (the {kind!r} evaluator reads it); give "
+                                    f"the path of a local copy, or switch it off with {where}.every_steps=-1.")  # fmt: skip
 
 
 def _check_section(section, reference, where: str) -> None:

@@ -2,6 +2,7 @@
 
 import re
 
+import ml_collections
 import pytest
 
 from lzn_jax import configlib
@@ -56,3 +57,58 @@ def test_unknown_top_level_key_is_rejected():
     config.batchsize = 4
     with pytest.raises(ValueError, match="Did you mean 'batch_size'"):
         configlib.check(config)
+
+
+def with_evals(**evals):
+    config = generation_config()
+    config.evals = ml_collections.ConfigDict(evals)
+    return config
+
+
+@pytest.mark.parametrize(
+    "evals, error, message",
+    [
+        ({"sampels": {}}, ValueError, "unknown evaluator 'sampels' (did you mean 'samples'?)"),
+        ({"grid": {"kind": "sample"}}, ValueError, "unknown evaluator 'sample' (did you mean 'samples'?)"),
+        ({"samples": {"per_clas": 3}}, ValueError,
+         "Unknown config key 'per_clas' in config.evals.samples. Did you mean 'per_class'?"),
+        ({"samples": {"every_step": 3}}, ValueError, "Did you mean 'every_steps'?"),
+        ({"samples": {"per_class": 2.5}}, ValueError, "config.evals.samples.per_class=2.5 is a float"),
+        ({"class_accuracy": {"splits": "test"}}, ValueError, "config.evals.class_accuracy.splits='test' is a str"),
+        ({"samples": {"every_steps": "500"}}, ValueError, "config.evals.samples.every_steps='500' must be an integer"),
+        ({"fid": {"every_steps": 10}}, ValueError, "config.evals.fid.inception_weights is not set"),
+        ({"fid": {"every_steps": 10, "inception_weights": "/nonexistent/pt_inception.pth"}}, FileNotFoundError,
+         "config.evals.fid.inception_weights='/nonexistent/pt_inception.pth' does not exist"),
+    ],
+)
+def test_bad_evaluator_settings_fail_in_check(evals, error, message):
+    """The bug: config.evals was free-form until the evaluators were built, after the train step had compiled
+    and run and the workdir existed, so a typo cost a run's first interval."""
+    with pytest.raises(error) as info:
+        configlib.check(with_evals(**evals))
+    assert message in str(info.value)
+
+
+def test_good_evaluator_settings_pass(tmp_path):
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"")
+    configlib.check(with_evals(
+        samples={"every_steps": 5, "per_class": 2, "samplers": ["euler"]},  # a list where the default is a tuple
+        strip={"kind": "reconstruction", "num": 8, "repeats": 1},
+        fid={"every_steps": 10, "inception_weights": str(weights), "batch_size": 64},  # default None: any value
+        fid_off={"kind": "fid", "every_steps": -1},  # switched off: its weights need not exist
+    ))  # fmt: skip
+
+
+def test_evaluator_keys_come_from_the_class_signatures(monkeypatch):
+    """A keyword argument added to an evaluator is a valid key at once (no second list to update)."""
+    from lzn_jax.evaluators import generation
+
+    class Samples(generation.Samples):
+        def __init__(self, *, task, config, mesh, workdir, writer=None, new_setting=3, **kwargs):
+            super().__init__(task=task, config=config, mesh=mesh, workdir=workdir, writer=writer, **kwargs)
+
+    monkeypatch.setattr(generation, "Samples", Samples)
+    configlib.check(with_evals(samples={"new_setting": 4, "anything": "goes to **kwargs"}))
+    with pytest.raises(ValueError, match="new_setting=4.5 is a float"):
+        configlib.check(with_evals(samples={"new_setting": 4.5}))
