@@ -1,0 +1,128 @@
+"""`--config.mesh.fsdp=True` through `python -m lzn_jax.main` on 8 CPU devices, for every task.
+
+The bug: `train.setup` built the Adam state in the replicated layout (one raveled vector per module) while the
+step and the shardings expected FSDP's trees, so every FSDP run crashed at its first step (`pytree structure
+error ... tree['encoder']`); the FSDP tests built their state by a side door (`train_state.create`) and never
+saw it. Here each task trains 2 steps, is restarted by the same command to 4 steps, in both layouts:
+- FSDP gives the replicated run's losses and parameters (the layouts differ in where the state is stored and in
+  the order of the gradient reductions: reduce-scatter instead of all-reduce), to rtol 1e-5 on the losses and
+  2e-6 on the parameters;
+- its checkpoints hold the FSDP layout (Adam moments as trees) and the restart resumes from them;
+- a checkpoint of one layout resumed with the other is converted, and the run continues as if never switched.
+
+Adam's eps is 0.1 as in tests/multidevice/test_train_sharded.py: with 1e-8 Adam divides float32 rounding noise
+of zero-gradient biases by its own magnitude, which moves those biases by ±lr whatever the layout.
+"""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from support import saved_items
+
+from lzn_jax import writers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMMON = {
+    "batch_size": 16,  # 2 rows per device
+    "data.image_size": 8,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 2,
+    "zoning.num_steps": 3,
+    "optim.eps": 0.1,
+}
+TINY_NCSNPP = {"nf": 8, "ch_mult": (1,)}
+TASKS = {  # task: (config file, its tiny overrides); evaluators are off in the runlocal configs
+    "generation": ("digits_joint", {**{f"{s}.{k}": v for s in ("encoder", "decoder") for k, v in TINY_NCSNPP.items()},
+                                    "zoning.label_num_steps": 2}),
+    "representation": ("digits_repr", {"encoder.depth": 18, "encoder.base_width": 32, "latent_dim": 64}),
+    "simclr": ("digits_simclr", {"encoder.depth": 18, "encoder.base_width": 32, "latent_dim": 64}),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    return env
+
+
+def main(env, task, workdir, *, fsdp, steps) -> str:
+    """Runs `python -m lzn_jax.main` (train mode) and returns its output; fails the test if the run fails."""
+    name, overrides = TASKS[task]
+    values = {**COMMON, **overrides, "mesh.fsdp": fsdp, "num_train_steps": steps}
+    flags = [f"--config.{key}={value!r}" for key, value in values.items()]
+    command = [sys.executable, "-m", "lzn_jax.main", f"--config=configs/{name}.py:runlocal", f"--workdir={workdir}"]
+    result = subprocess.run(command + flags, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+def losses(workdir) -> dict[int, float]:
+    """{step: train/loss} of metrics.jsonl (log_every_steps=1; a resumed run's records come after the first's)."""
+    return {r["step"]: r["train/loss"] for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def runs(request, env, tmp_path_factory):
+    """{layout: (workdir, restart output)} of one task; each workdir also keeps a copy taken at step 2."""
+    task, root = request.param, tmp_path_factory.mktemp(request.param)
+    out = {}
+    for layout, fsdp in (("replicated", False), ("fsdp", True)):
+        workdir = root / layout
+        main(env, task, workdir, fsdp=fsdp, steps=2)
+        shutil.copytree(workdir, root / f"{layout}_at_2")
+        out[layout] = (workdir, main(env, task, workdir, fsdp=fsdp, steps=4))
+    return task, root, out
+
+
+def opt_state_leaves(workdir, step) -> int:
+    return len(jax.tree.leaves(saved_items(workdir, step)["opt_state"]))
+
+
+def assert_same_run(workdir, reference, steps):
+    got, expected = losses(workdir), losses(reference)
+    np.testing.assert_allclose([got[s] for s in steps], [expected[s] for s in steps], rtol=1e-5)
+    params, expected_params = saved_items(workdir, 4)["params"], saved_items(reference, 4)["params"]
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(expected_params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_fsdp_trains_saves_and_resumes_like_the_replicated_run(runs):
+    task, _, out = runs
+    (replicated, _), (fsdp, restart) = out["replicated"], out["fsdp"]
+    assert "Resumed from" in restart and " at step 2 " in restart, restart[-3000:]
+    assert sorted(losses(fsdp)) == [1, 2, 3, 4]
+    assert_same_run(fsdp, replicated, steps=[1, 2, 3, 4])
+    # Saved in the FSDP layout: Adam moments as trees (many leaves), not one raveled vector per module.
+    assert opt_state_leaves(fsdp, 4) > opt_state_leaves(replicated, 4), task
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saved, resumed", [("replicated", "fsdp"), ("fsdp", "replicated")])
+def test_a_checkpoint_of_the_other_layout_is_converted(runs, env, saved, resumed):
+    task, root, out = runs
+    if task != "generation":
+        pytest.skip("the conversion is task-agnostic (it maps the optimizer state's trees): one task shows it")
+    workdir = root / f"{saved}_then_{resumed}"
+    shutil.copytree(root / f"{saved}_at_2", workdir)
+    restart = main(env, task, workdir, fsdp=resumed == "fsdp", steps=4)
+    assert f"was saved with config.mesh.fsdp={saved == 'fsdp'}" in restart, restart[-3000:]
+    assert " at step 2 " in restart
+    assert_same_run(workdir, out["replicated"][0], steps=[3, 4])
+    assert opt_state_leaves(workdir, 4) == opt_state_leaves(out[resumed][0], 4)  # saved in the new layout
