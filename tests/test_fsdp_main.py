@@ -14,6 +14,7 @@ Adam's eps is 0.1 as in tests/multidevice/test_train_sharded.py: with 1e-8 Adam 
 of zero-gradient biases by its own magnitude, which moves those biases by ±lr whatever the layout.
 """
 
+import json
 import os
 import pathlib
 import shutil
@@ -60,15 +61,23 @@ def env(tmp_path_factory):
     return env
 
 
-def main(env, task, workdir, *, fsdp, steps) -> str:
-    """Runs `python -m lzn_jax.main` (train mode) and returns its output; fails the test if the run fails."""
+def start(env, task, workdir, *, fsdp, steps) -> subprocess.Popen:
+    """Starts `python -m lzn_jax.main` (train mode), its output in workdir.log."""
     name, overrides = TASKS[task]
     values = {**COMMON, **overrides, "mesh.fsdp": fsdp, "num_train_steps": steps}
     flags = [f"--config.{key}={value!r}" for key, value in values.items()]
     command = [sys.executable, "-m", "lzn_jax.main", f"--config=configs/{name}.py:runlocal", f"--workdir={workdir}"]
-    result = subprocess.run(command + flags, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    with open(f"{workdir}.log", "w") as log:
+        process = subprocess.Popen(command + flags, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.log = pathlib.Path(log.name)
+    return process
+
+
+def finish(process: subprocess.Popen) -> str:
+    """Waits for a run and returns its output; fails the test if the run failed."""
+    returncode = process.wait(timeout=2400)
+    output = process.log.read_text()
+    assert returncode == 0, output[-6000:]
     return output
 
 
@@ -77,17 +86,23 @@ def losses(workdir) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r}
 
 
+def copy_at_step_2(source, workdir):
+    """A copy of a 4-step run's workdir as it was at step 2: checkpoint 4 and the records after step 2 removed."""
+    shutil.copytree(source, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    kept = [r for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["step"] <= 2]
+    pathlib.Path(workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
 @pytest.fixture(scope="module", params=sorted(TASKS))
 def runs(request, env, tmp_path_factory):
-    """{layout: (workdir, restart output)} of one task; each workdir also keeps a copy taken at step 2."""
+    """(task, root, {layout: (workdir, output of its last run)}): 4 replicated steps; 2 FSDP steps, then the same
+    command to 4 (a restart resuming at step 2). Independent runs go in parallel."""
     task, root = request.param, tmp_path_factory.mktemp(request.param)
-    out = {}
-    for layout, fsdp in (("replicated", False), ("fsdp", True)):
-        workdir = root / layout
-        main(env, task, workdir, fsdp=fsdp, steps=2)
-        shutil.copytree(workdir, root / f"{layout}_at_2")
-        out[layout] = (workdir, main(env, task, workdir, fsdp=fsdp, steps=4))
-    return task, root, out
+    replicated = start(env, task, root / "replicated", fsdp=False, steps=4)
+    finish(start(env, task, root / "fsdp", fsdp=True, steps=2))
+    restart = finish(start(env, task, root / "fsdp", fsdp=True, steps=4))
+    return task, root, {"replicated": (root / "replicated", finish(replicated)), "fsdp": (root / "fsdp", restart)}
 
 
 def opt_state_leaves(workdir, step) -> int:
@@ -114,15 +129,20 @@ def test_fsdp_trains_saves_and_resumes_like_the_replicated_run(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("saved, resumed", [("replicated", "fsdp"), ("fsdp", "replicated")])
-def test_a_checkpoint_of_the_other_layout_is_converted(runs, env, saved, resumed):
+def test_a_checkpoint_of_the_other_layout_is_converted(runs, env):
+    """Step 2 of each layout resumed with the other (in parallel) continues as the replicated run."""
     task, root, out = runs
     if task != "generation":
         pytest.skip("the conversion is task-agnostic (it maps the optimizer state's trees): one task shows it")
-    workdir = root / f"{saved}_then_{resumed}"
-    shutil.copytree(root / f"{saved}_at_2", workdir)
-    restart = main(env, task, workdir, fsdp=resumed == "fsdp", steps=4)
-    assert f"was saved with config.mesh.fsdp={saved == 'fsdp'}" in restart, restart[-3000:]
-    assert " at step 2 " in restart
-    assert_same_run(workdir, out["replicated"][0], steps=[3, 4])
-    assert opt_state_leaves(workdir, 4) == opt_state_leaves(out[resumed][0], 4)  # saved in the new layout
+    started = {}
+    for saved, resumed in (("replicated", "fsdp"), ("fsdp", "replicated")):
+        workdir = root / f"{saved}_then_{resumed}"
+        copy_at_step_2(out[saved][0], workdir)
+        started[saved, resumed] = workdir, start(env, task, workdir, fsdp=resumed == "fsdp", steps=4)
+    for (saved, resumed), (workdir, process) in started.items():
+        restart = finish(process)
+        assert f"was saved with config.mesh.fsdp={saved == 'fsdp'}" in restart, restart[-3000:]
+        assert " at step 2 " in restart
+        assert sorted(losses(workdir)) == [1, 2, 3, 4]
+        assert_same_run(workdir, out["replicated"][0], steps=[3, 4])
+        assert opt_state_leaves(workdir, 4) == opt_state_leaves(out[resumed][0], 4)  # saved in the new layout
