@@ -142,8 +142,9 @@ def _restore_latest(config, mesh, manager, target: dict):
         "state to this layout.", step, other_config.mesh.fsdp, config.mesh.fsdp,
     )  # fmt: skip
 
-    def relayout(items):
-        return dict(items, opt_state=train_state.relayout_opt_state(items["opt_state"], target["opt_state"]))
+    def relayout(items):  # gathered first: raveling or splitting an array sharded along `data` needs it whole
+        opt_state = jax.tree.map(lambda x: jax.reshard(x, parallel.replicated(mesh)), items["opt_state"])
+        return dict(items, opt_state=train_state.relayout_opt_state(opt_state, target["opt_state"]))
 
     return step, jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, target))(items)
 

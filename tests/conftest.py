@@ -42,3 +42,7 @@ def pytest_ignore_collect(collection_path, config):
     if "multidevice" in collection_path.parts and os.environ.get("LZN_MULTIDEVICE") != "1":
         return True
     return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: subprocess, multi-process or multi-device runs (> ~20 s); -m 'not slow' skips them")

@@ -20,7 +20,7 @@ import pytest
 
 from support import load_config
 
-from lzn_jax import configlib, data, evaluators, parallel, train, train_state
+from lzn_jax import configlib, data, evaluators, optim, parallel, train, train_state
 
 STEPS = 3
 TINY_TRUNK = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
@@ -116,3 +116,31 @@ def test_class_accuracy_is_the_same_on_8_devices():
     for name, value in results[0].items():
         assert 0.0 <= value <= 1.0
         assert results[1][name] == pytest.approx(value, abs=1.5 / 360), name  # at most one of 360 tied samples
+
+
+@pytest.mark.parametrize("saved_fsdp", [False, True], ids=["replicated-to-fsdp", "fsdp-to-replicated"])
+def test_setup_converts_a_checkpoint_of_the_other_fsdp_layout(tmp_path, saved_fsdp):
+    """The Adam state is raveled per module when replicated and kept as trees under FSDP; resuming with the other
+    `mesh.fsdp` converts it (same values, this run's layout and shardings) instead of refusing the checkpoint."""
+    config = configlib.override(tiny_config(8, 1, saved_fsdp), num_train_steps=1)
+    train.train_and_evaluate(config, str(tmp_path))  # one step: Adam moments that are not zero
+    saved = train.setup(config, str(tmp_path)).state
+    resumed = train.setup(configlib.override(config, **{"mesh.fsdp": not saved_fsdp}), str(tmp_path))
+    assert resumed.start_step == 1
+    assert jax.tree.structure(resumed.state) == jax.tree.structure(resumed.shardings)
+    for got, sharding in zip(jax.tree.leaves(resumed.state.opt_state), jax.tree.leaves(resumed.shardings.opt_state)):
+        assert got.sharding == sharding
+    trees = (resumed if saved_fsdp else saved).state.opt_state.inner_states
+    vectors = (saved if saved_fsdp else resumed).state.opt_state.inner_states
+    for module, tree_state in trees.items():
+        adam_trees, adam_vectors = tree_state.inner_state[0], vectors[module].inner_state[0]
+        assert int(adam_trees.count) == int(adam_vectors.count) == 1
+        for moment in ("mu", "nu"):
+            flat, _ = optim.flatten(getattr(adam_trees, moment))
+            np.testing.assert_array_equal(flat[module], getattr(adam_vectors, moment)[module], err_msg=f"{module} {moment}")
+    assert_same_arrays(resumed.state.params, saved.state.params)
+
+
+def assert_same_arrays(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
