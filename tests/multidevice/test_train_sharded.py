@@ -124,7 +124,7 @@ def test_setup_converts_a_checkpoint_of_the_other_fsdp_layout(tmp_path, saved_fs
     `mesh.fsdp` converts it (same values, this run's layout and shardings) instead of refusing the checkpoint."""
     config = configlib.override(tiny_config(8, 1, saved_fsdp), num_train_steps=1)
     train.train_and_evaluate(config, str(tmp_path))  # one step: Adam moments that are not zero
-    saved = train.setup(config, str(tmp_path)).state
+    saved = train.setup(config, str(tmp_path))
     resumed = train.setup(configlib.override(config, **{"mesh.fsdp": not saved_fsdp}), str(tmp_path))
     assert resumed.start_step == 1
     assert jax.tree.structure(resumed.state) == jax.tree.structure(resumed.shardings)
