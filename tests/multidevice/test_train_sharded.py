@@ -130,8 +130,8 @@ def test_setup_converts_a_checkpoint_of_the_other_fsdp_layout(tmp_path, saved_fs
     assert jax.tree.structure(resumed.state) == jax.tree.structure(resumed.shardings)
     for got, sharding in zip(jax.tree.leaves(resumed.state.opt_state), jax.tree.leaves(resumed.shardings.opt_state)):
         assert got.sharding == sharding
-    trees = (resumed if saved_fsdp else saved).state.opt_state.inner_states
-    vectors = (saved if saved_fsdp else resumed).state.opt_state.inner_states
+    trees = (saved if saved_fsdp else resumed).state.opt_state.inner_states
+    vectors = (resumed if saved_fsdp else saved).state.opt_state.inner_states
     for module, tree_state in trees.items():
         adam_trees, adam_vectors = tree_state.inner_state[0], vectors[module].inner_state[0]
         assert int(adam_trees.count) == int(adam_vectors.count) == 1
