@@ -223,7 +223,8 @@ class GenerationTask:
         metrics = {"recon": recon}
         total = self.recon_weight * recon
         if self.conditional:
-            weights = losses.class_weights(labels, self.num_classes, axis_name=axis_name)
+            # float32 frequencies, as the official trainer divides float32 counts (a float64 run rounds them too).
+            weights = losses.class_weights(labels, self.num_classes, axis_name=axis_name).astype(jnp.float32)
             end, log_probs = self.label_log_probs(params, latent, labels, weights)
             label = losses.label_loss(log_probs, cutoff=self.cutoff)
             anchors = self.label_anchors.apply({"params": params["label_anchors"]})
