@@ -1,6 +1,9 @@
 """Measured numerics: step parity with the official trainers, and bfloat16 against float32.
 
-    PYTHONPATH=.:tests python experiments/numerics_report.py > docs/results/numerics.txt
+    PYTHONPATH=.:tests python experiments/numerics_report.py [--part bf16|steps] [--dtype float64|float32]
+        [--match case2]  >> docs/results/numerics.txt
+
+(the options run one part, dtype or reference file at a time, so slow parts can run side by side).
 
 1. For every `step_*.npz` in the reference folder ($LZN_REFERENCE_DIR, see tests/conftest.py) and for float64
    (jax_enable_x64) and float32: the error of each kind of quantity nearest its tolerance in
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import subprocess
@@ -32,11 +36,11 @@ def _header() -> None:
           f"{jax.devices()[0].platform}")  # fmt: skip
 
 
-def step_parity() -> None:
+def step_parity(dtypes, match) -> None:
     print("\n## Official steps: per file and dtype, the comparison of each kind nearest its tolerance")
     print(f"{'file':<24} {'dtype':<8} {'kind':<16} {'error':>10} {'tolerance':>10}")
-    for path in conftest.reference_files("step_*.npz"):
-        for dtype in ("float64", "float32"):
+    for path in [p for p in conftest.reference_files("step_*.npz") if match in os.path.basename(p)]:
+        for dtype in dtypes:
             with jax.enable_x64(dtype == "float64"):
                 worst = test_reference_steps.run_and_check(path, dtype)
             for kind, (err, tol) in sorted(worst.items()):
@@ -55,6 +59,13 @@ def bfloat16_steps() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=("bf16", "steps"), action="append")
+    parser.add_argument("--dtype", choices=("float64", "float32"), action="append")
+    parser.add_argument("--match", default="", help="only reference files whose name contains this")
+    args = parser.parse_args()
     _header()
-    bfloat16_steps()
-    step_parity()
+    if "bf16" in (args.part or ["bf16"]):
+        bfloat16_steps()
+    if "steps" in (args.part or ["steps"]):
+        step_parity(args.dtype or ("float64", "float32"), args.match)
