@@ -32,8 +32,9 @@ def _configs():
 def _one_step(config, batch):
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
     built = train.build(config, mesh)
-    # Eager: the same init, without minutes of compiling the initialisers on CPU.
-    state = jax.device_put(built.init(jax.random.key(config.seed)), built.shardings)
+    # Eager (the same init without minutes of compiling the initialisers on CPU); copied, because eager init
+    # shares one zero buffer between counters and the step donates them.
+    state = jax.device_put(built.init(jax.random.key(config.seed)), built.shardings, may_alias=False)
     step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
     with jax.set_mesh(mesh):
         _, metrics = step(state, jax.device_put(batch, parallel.batch_sharding(mesh)))
