@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.path = ""  # restore params/EMA from this checkpoint dir (e.g. from lzn_jax.convert) at start
 
     c.dtype = "float32"  # compute dtype of the networks (bfloat16 on TPU); params stay float32
+    # Matmul/conv precision of the networks: "highest" = float32 products, as the official run; "default" lets
+    # TPUs use one bfloat16 pass per product (faster, ~3 significant digits). See docs/scaling.md.
+    c.precision = "highest"
     return c
 
 

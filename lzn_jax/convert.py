@@ -183,7 +183,7 @@ def resnet_layout(encoder: resnet.ResNetEncoder) -> Layout:
         stem = ["stem_conv", "stem_norm"]
     # Sequential indices; GroupNormRelu is itself a Sequential whose GroupNorm sits at `.0`.
     modules = {f"net.0.{i}" + (".0" if "norm" in name else ""): (name,) for i, name in enumerate(stem)}
-    for stage, num_blocks in enumerate(resnet.STAGE_DEPTHS[encoder.depth]):
+    for stage, num_blocks in enumerate(encoder.blocks_per_stage):
         for b in range(num_blocks):
             modules.update(_bottleneck_layout(f"net.{stage + 1}.blocks.{b}", f"stage{stage}_block{b}", b == 0, sk))
     for i in range(encoder.head_num_layers):  # every layer but the last is followed by a ReLU entry
@@ -327,6 +327,40 @@ def convert_state_dict(
     return _unflatten({p: got[p] for p in want})
 
 
+_FLAX_LEAVES = {"weight": ("kernel", "scale"), "bias": ("bias",), "b": ("bias",), "W": ("kernel", "W"), "anchor": ("anchors",)}
+
+
+def to_state_dict(layout: Layout, params: Mapping[str, Any], names: Iterable[str]) -> dict[str, np.ndarray]:
+    """Flax params -> the official tensors `names` (torch names and layouts): the inverse of `convert_state_dict`.
+
+    Lets Flax params be compared with (or saved as) official state-dict entries; buffers have no Flax source.
+    """
+    flat = _flatten(params)
+    out = {}
+    for key in names:
+        path = layout.flax_path(key)
+        torch_leaf = key.rsplit(".", 1)[-1]
+        found = [path[:-1] + (leaf,) for leaf in _FLAX_LEAVES.get(torch_leaf, ()) if path is not None]
+        found = [p for p in found if p in flat]
+        if not found:
+            raise ConversionError(f"No Flax param corresponds to the official tensor {key!r}.")
+        value = np.asarray(flat[found[0]])
+        if found[0][-1] == "kernel" and value.ndim == 4:
+            value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        elif found[0][-1] == "kernel" and torch_leaf == "weight":
+            channels = layout.chw_flattened.get(key)
+            value = (value if channels is None else _hwc_rows_to_chw(value, channels)).T
+        out[key] = value
+    return out
+
+
+def _hwc_rows_to_chw(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """Inverse of `_chw_rows_to_hwc`."""
+    rows, out = kernel.shape
+    side = int(round((rows // channels) ** 0.5))
+    return kernel.reshape(side, side, channels, out).transpose(2, 0, 1, 3).reshape(rows, out)
+
+
 def example_inputs(model: Any, image_size: int, num_channels: int) -> tuple:
     """Positional `init` arguments of batch size 1 for `model` (enough to trace its parameter shapes)."""
     images = jnp.zeros((1, image_size, image_size, num_channels), jnp.float32)
@@ -383,6 +417,27 @@ def official_ncsnpp_fields(model_config: Mapping[str, Any], *, decoder: bool) ->
             scale_by_sigma=bool(model_config["scale_by_sigma"]),
         )
     return fields
+
+
+def official_resnet_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`ResNetEncoder` fields from the official `lzn.model.resnet.ResNet` constructor arguments (`encoder.params`).
+
+    The official `layers` become `stage_blocks` and its 64·`width_multiplier` base width (0.5 allowed) becomes
+    `base_width`; its gradient-checkpoint segments become `remat` (memory only, the same numbers).
+    """
+    base_width = 64 * params["width_multiplier"]
+    if base_width != int(base_width):
+        raise ValueError(f"Official width_multiplier={params['width_multiplier']} gives a fractional base width.")
+    return dict(
+        depth=50,  # any bottleneck depth: the official ResNet has only bottleneck blocks; stage_blocks sets counts
+        stage_blocks=tuple(int(n) for n in params["layers"]),
+        base_width=int(base_width),
+        width_multiplier=1,
+        sk_ratio=float(params["sk_ratio"]),
+        latent_dim=int(params["head_out_dim"]),
+        head_num_layers=int(params["head_num_layers"]),
+        remat=int(params.get("num_gradient_checkpoint_segments", 0)) > 0,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -30,8 +30,11 @@ def reference_files(pattern: str) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
-    """Parametrises `latent_flows_file` / `ncsnpp_small_file` arguments over every matching reference file."""
-    for arg, pattern in (("latent_flows_file", "latent_flows_*.npz"), ("ncsnpp_small_file", "ncsnpp_small_*.npz")):
+    """Parametrises `latent_flows_file` / `ncsnpp_small_file` / `step_file` arguments over every matching
+    reference file."""
+    patterns = (("latent_flows_file", "latent_flows_*.npz"), ("ncsnpp_small_file", "ncsnpp_small_*.npz"),
+                ("step_file", "step_*.npz"))  # fmt: skip
+    for arg, pattern in patterns:
         if arg in metafunc.fixturenames:
             files = reference_files(pattern)
             metafunc.parametrize(arg, files, ids=[os.path.basename(f) for f in files])

@@ -13,6 +13,7 @@ import importlib
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # registry key -> (module path, class name)
@@ -41,6 +42,16 @@ def model_class(name: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module_path), class_name)
 
 
+def _precision(name: str) -> jax.lax.Precision:
+    try:
+        return jax.lax.Precision(name)
+    except ValueError:
+        raise ValueError(
+            f"precision={name!r} is not a matmul precision; use 'highest' (float32 products, the official run), "
+            "'high' or 'default' (TPU: bfloat16 passes)."
+        ) from None
+
+
 def build(cfg: Mapping[str, Any]) -> nn.Module:
     """Builds the Flax module named by `cfg['name']` from the remaining fields of `cfg`."""
     fields = dict(cfg)
@@ -56,6 +67,8 @@ def build(cfg: Mapping[str, Any]) -> nn.Module:
     for key in _DTYPE_FIELDS:
         if isinstance(fields.get(key), str):
             fields[key] = jnp.dtype(fields[key])
+    if isinstance(fields.get("precision"), str):
+        fields["precision"] = _precision(fields["precision"])
     for key, value in fields.items():
         if isinstance(value, list):  # ConfigDict round-trips tuples as lists; modules want hashables.
             fields[key] = tuple(value)

@@ -24,6 +24,8 @@ import numpy as np
 from flax.linen.dtypes import promote_dtype
 
 Dtype = Any
+Precision = Any  # jax.lax.PrecisionLike: None, "default", "high", "highest" or a lax.Precision
+HIGHEST = "highest"  # float32 products computed in float32 (the official run); TPU's "default" is one bf16 pass
 Initializer = Callable[..., jax.Array]
 
 _ACTIVATIONS = {
@@ -70,6 +72,7 @@ def conv3x3(
     padding: Any = ((1, 1), (1, 1)),
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
+    precision: Precision = HIGHEST,
     name: str | None = None,
 ) -> nn.Conv:
     """3x3 convolution with DDPM initialisation and zero bias (torch padding=1 unless given)."""
@@ -83,6 +86,7 @@ def conv3x3(
         bias_init=jax.nn.initializers.zeros,
         dtype=dtype,
         param_dtype=param_dtype,
+        precision=precision,
         name=name,
     )
 
@@ -93,6 +97,7 @@ def conv1x1(
     init_scale: float = 1.0,
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
+    precision: Precision = HIGHEST,
     name: str | None = None,
 ) -> nn.Conv:
     """1x1 convolution with DDPM initialisation and zero bias."""
@@ -104,12 +109,18 @@ def conv1x1(
         bias_init=jax.nn.initializers.zeros,
         dtype=dtype,
         param_dtype=param_dtype,
+        precision=precision,
         name=name,
     )
 
 
 def dense(
-    features: int, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: str | None = None
+    features: int,
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    precision: Precision = HIGHEST,
+    name: str | None = None,
 ) -> nn.Dense:
     """Dense layer with DDPM initialisation and zero bias (the official code re-initialises these Linears)."""
     return nn.Dense(
@@ -118,15 +129,21 @@ def dense(
         bias_init=jax.nn.initializers.zeros,
         dtype=dtype,
         param_dtype=param_dtype,
+        precision=precision,
         name=name,
     )
 
 
-def group_norm(num_channels: int, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name=None):
+def group_norm(
+    num_channels: int, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, precision: Precision = None,
+    name=None,
+):  # fmt: skip
     """NCSN++'s GroupNorm: min(C // 4, 32) groups, eps 1e-6.
 
     Two-pass variance (as torch) rather than E[x²] − E[x]², which loses precision when groups have small spread.
+    `precision` is accepted (and unused: no matmul) so blocks pass one set of numeric fields to every layer.
     """
+    del precision
     return nn.GroupNorm(
         num_groups=min(num_channels // 4, 32),
         epsilon=1e-6,
@@ -147,13 +164,14 @@ class NIN(nn.Module):
     init_scale: float = 0.1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = HIGHEST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", default_init(self.init_scale), (x.shape[-1], self.num_units), self.param_dtype)
         bias = self.param("bias", jax.nn.initializers.zeros, (self.num_units,), self.param_dtype)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return jnp.einsum("...c,cd->...d", x, kernel) + bias
+        return jnp.einsum("...c,cd->...d", x, kernel, precision=self.precision) + bias
 
 
 def timestep_embedding(timesteps: jax.Array, embedding_dim: int, max_positions: int = 10000) -> jax.Array:
@@ -183,7 +201,10 @@ def fir_kernel_2d(taps: Sequence[float]) -> np.ndarray:
     return k / k.sum()
 
 
-def upfirdn2d(x: jax.Array, kernel: np.ndarray, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)):
+def upfirdn2d(
+    x: jax.Array, kernel: np.ndarray, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0),
+    precision: Precision = HIGHEST,
+):  # fmt: skip
     """Zero-insertion upsample by `up`, pad by `pad` (before, after), filter with `kernel`, keep every `down`-th pixel.
 
     `x`: `[B, H, W, C]`; `kernel`: `[k, k]` applied as a true (flipped) convolution to each channel separately.
@@ -203,24 +224,27 @@ def upfirdn2d(x: jax.Array, kernel: np.ndarray, *, up: int = 1, down: int = 1, p
         lhs_dilation=(up, up),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=channels,
+        precision=precision,
     )
 
 
-def upsample_2d(x: jax.Array, taps: Sequence[float], factor: int = 2) -> jax.Array:
+def upsample_2d(x: jax.Array, taps: Sequence[float], factor: int = 2, *, precision: Precision = HIGHEST) -> jax.Array:
     """FIR upsampling `[B, H, W, C] -> [B, H·factor, W·factor, C]` (constant images stay constant)."""
     kernel = fir_kernel_2d(taps) * factor**2
     p = kernel.shape[0] - factor
-    return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+    return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2), precision=precision)
 
 
-def downsample_2d(x: jax.Array, taps: Sequence[float], factor: int = 2) -> jax.Array:
+def downsample_2d(x: jax.Array, taps: Sequence[float], factor: int = 2, *, precision: Precision = HIGHEST) -> jax.Array:
     """FIR downsampling `[B, H, W, C] -> [B, H/factor, W/factor, C]`."""
     kernel = fir_kernel_2d(taps)
     p = kernel.shape[0] - factor
-    return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
+    return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2), precision=precision)
 
 
-def upsample_conv_2d(x: jax.Array, kernel_hwio: jax.Array, taps: Sequence[float], factor: int = 2) -> jax.Array:
+def upsample_conv_2d(
+    x: jax.Array, kernel_hwio: jax.Array, taps: Sequence[float], factor: int = 2, *, precision: Precision = HIGHEST
+) -> jax.Array:
     """Transposed convolution (stride `factor`) followed by FIR filtering: StyleGAN2's fused upsample + conv.
 
     A stride-f transposed convolution with upstream's flipped/transposed weight equals a plain cross-correlation
@@ -234,21 +258,25 @@ def upsample_conv_2d(x: jax.Array, kernel_hwio: jax.Array, taps: Sequence[float]
         padding=((k - 1, k - 1), (k - 1, k - 1)),
         lhs_dilation=(factor, factor),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
     )
     fir = fir_kernel_2d(taps) * factor**2
     p = (fir.shape[0] - factor) - (k - 1)
-    return upfirdn2d(h, fir, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+    return upfirdn2d(h, fir, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), precision=precision)
 
 
-def conv_downsample_2d(x: jax.Array, kernel_hwio: jax.Array, taps: Sequence[float], factor: int = 2) -> jax.Array:
+def conv_downsample_2d(
+    x: jax.Array, kernel_hwio: jax.Array, taps: Sequence[float], factor: int = 2, *, precision: Precision = HIGHEST
+) -> jax.Array:
     """FIR filtering followed by a stride-`factor` VALID convolution: StyleGAN2's fused conv + downsample."""
     k = kernel_hwio.shape[0]
     fir = fir_kernel_2d(taps)
     p = (fir.shape[0] - factor) + (k - 1)
-    h = upfirdn2d(x, fir, pad=((p + 1) // 2, p // 2))
+    h = upfirdn2d(x, fir, pad=((p + 1) // 2, p // 2), precision=precision)
     return jax.lax.conv_general_dilated(
-        h, kernel_hwio, window_strides=(factor, factor), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+        h, kernel_hwio, window_strides=(factor, factor), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )  # fmt: skip
 
 
 def naive_upsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:

@@ -2,7 +2,8 @@
 
 Submodule names inside each block (`GroupNorm_0`, `Conv_0`, `Dense_0`, `NIN_0`, `Conv2d_0`, …) are the ones the
 official PyTorch modules use, so a converted state dict maps onto them one to one (`lzn_jax/convert.py`).
-Every block takes `train` as a keyword only where it has dropout.
+Every block takes `train` as a keyword only where it has dropout, and `precision` (the matmul/conv precision,
+`layers.HIGHEST` by default) for every product it computes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 from lzn_jax.models import layers
 
 Dtype = Any
+Precision = layers.Precision
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -52,10 +54,13 @@ class Combine(nn.Module):
     method: str = "cat"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = layers.HIGHEST
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        h = layers.conv1x1(y.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name="Conv_0")(x)
+        h = layers.conv1x1(
+            y.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision, name="Conv_0"
+        )(x)
         if self.method == "cat":
             return jnp.concatenate([h, y], axis=-1)
         if self.method == "sum":
@@ -70,21 +75,22 @@ class AttnBlockpp(nn.Module):
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = layers.HIGHEST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         h = layers.group_norm(c, name="GroupNorm_0", **kw)(x)
         q = layers.NIN(c, name="NIN_0", **kw)(h)
         k = layers.NIN(c, name="NIN_1", **kw)(h)
         v = layers.NIN(c, name="NIN_2", **kw)(h)
-        logits = jnp.einsum("bhwc,bijc->bhwij", q, k) * (c**-0.5)
+        logits = jnp.einsum("bhwc,bijc->bhwij", q, k, precision=self.precision) * (c**-0.5)
         # Softmax in at least float32 so bf16 runs do not lose the small attention weights.
         softmax_dtype = jnp.promote_types(logits.dtype, jnp.float32)
         weights = jax.nn.softmax(logits.reshape(b, height, width, height * width).astype(softmax_dtype), axis=-1)
         weights = weights.reshape(b, height, width, height, width).astype(v.dtype)
-        h = jnp.einsum("bhwij,bijc->bhwc", weights, v)
+        h = jnp.einsum("bhwij,bijc->bhwc", weights, v, precision=self.precision)
         h = layers.NIN(c, init_scale=self.init_scale, name="NIN_3", **kw)(h)
         return merge_skip(x, h, self.skip_rescale)
 
@@ -98,6 +104,7 @@ class FIRConv(nn.Module):
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = layers.HIGHEST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -107,9 +114,9 @@ class FIRConv(nn.Module):
         bias = self.param("bias", jax.nn.initializers.zeros, (self.features,), self.param_dtype)
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
         if self.up:
-            h = layers.upsample_conv_2d(x, kernel, self.fir_kernel)
+            h = layers.upsample_conv_2d(x, kernel, self.fir_kernel, precision=self.precision)
         else:
-            h = layers.conv_downsample_2d(x, kernel, self.fir_kernel)
+            h = layers.conv_downsample_2d(x, kernel, self.fir_kernel, precision=self.precision)
         return h + bias
 
 
@@ -122,16 +129,17 @@ class Upsample(nn.Module):
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = layers.HIGHEST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_ch = self.out_ch or x.shape[-1]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         if not self.fir:
             h = layers.naive_upsample_2d(x)
             return layers.conv3x3(out_ch, name="Conv_0", **kw)(h) if self.with_conv else h
         if not self.with_conv:
-            return layers.upsample_2d(x, self.fir_kernel)
+            return layers.upsample_2d(x, self.fir_kernel, precision=self.precision)
         return FIRConv(out_ch, up=True, fir_kernel=self.fir_kernel, name="Conv2d_0", **kw)(x)
 
 
@@ -144,18 +152,19 @@ class Downsample(nn.Module):
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = layers.HIGHEST
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_ch = self.out_ch or x.shape[-1]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         if not self.fir:
             if not self.with_conv:
                 return layers.naive_downsample_2d(x)
             # Upstream pads one pixel at the bottom/right, then convolves with stride 2 and no padding.
             return layers.conv3x3(out_ch, stride=2, padding=((0, 1), (0, 1)), name="Conv_0", **kw)(x)
         if not self.with_conv:
-            return layers.downsample_2d(x, self.fir_kernel)
+            return layers.downsample_2d(x, self.fir_kernel, precision=self.precision)
         return FIRConv(out_ch, down=True, fir_kernel=self.fir_kernel, name="Conv2d_0", **kw)(x)
 
 
@@ -170,13 +179,14 @@ class ResnetBlockDDPMpp(nn.Module):
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = layers.HIGHEST
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None = None, *, train: bool = False) -> jax.Array:
         act = layers.activation(self.nonlinearity)
         in_ch = x.shape[-1]
         out_ch = self.out_ch or in_ch
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         h = act(layers.group_norm(in_ch, name="GroupNorm_0", **kw)(x))
         h = layers.conv3x3(out_ch, name="Conv_0", **kw)(h)
         if temb is not None:
@@ -206,12 +216,17 @@ class ResnetBlockBigGANpp(nn.Module):
     init_scale: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = layers.HIGHEST
 
     def _resample(self, x: jax.Array) -> jax.Array:
+        if self.up and self.fir:
+            return layers.upsample_2d(x, self.fir_kernel, precision=self.precision)
         if self.up:
-            return layers.upsample_2d(x, self.fir_kernel) if self.fir else layers.naive_upsample_2d(x)
+            return layers.naive_upsample_2d(x)
+        if self.down and self.fir:
+            return layers.downsample_2d(x, self.fir_kernel, precision=self.precision)
         if self.down:
-            return layers.downsample_2d(x, self.fir_kernel) if self.fir else layers.naive_downsample_2d(x)
+            return layers.naive_downsample_2d(x)
         return x
 
     @nn.compact
@@ -219,7 +234,7 @@ class ResnetBlockBigGANpp(nn.Module):
         act = layers.activation(self.nonlinearity)
         in_ch = x.shape[-1]
         out_ch = self.out_ch or in_ch
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         h = act(layers.group_norm(in_ch, name="GroupNorm_0", **kw)(x))
         h, x = self._resample(h), self._resample(x)
         h = layers.conv3x3(out_ch, name="Conv_0", **kw)(h)

@@ -64,10 +64,11 @@ class NCSNPPTrunk(nn.Module):
     nonlinearity: str = "swish"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: layers.Precision = layers.HIGHEST
 
     @property
     def _kw(self) -> dict:
-        return dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
 
     def _resblock(self, name: str, out_ch: int | None = None, *, up: bool = False, down: bool = False) -> nn.Module:
         common = dict(
@@ -156,11 +157,12 @@ class _LatentHead(nn.Module):
     nonlinearity: str = "swish"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: layers.Precision = layers.HIGHEST
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
         act = layers.activation(self.nonlinearity)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         h = act(layers.conv1x1(self.num_base_channels, name="Conv_0", **kw)(h))
         h = h.reshape(h.shape[0], -1)
         widths = [self.num_base_units] * (self.num_layers - 1) + [self.latent_dim]

@@ -21,13 +21,16 @@ import jax.numpy as jnp
 from lzn_jax.models.layers import torch_default_kernel_init
 
 Dtype = Any
+Precision = Any  # jax.lax.PrecisionLike: None, "default", "high", "highest" or a lax.Precision
 
 STAGE_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
 BASIC_DEPTHS = (18, 34)  # torchvision's basic-block ResNets (3x3, 3x3), for small images and CPU runs
 EXPANSION = 4  # bottleneck output channels = EXPANSION x its inner width
 
 
-def _conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Conv:
+def _conv(
+    features: int, kernel: int, stride: int = 1, *, name: str, dtype: Dtype, param_dtype: Dtype, precision: Precision
+) -> nn.Conv:
     pad = (kernel - 1) // 2
     return nn.Conv(
         features,
@@ -38,11 +41,13 @@ def _conv(features: int, kernel: int, stride: int = 1, *, name: str, dtype: Dtyp
         kernel_init=torch_default_kernel_init,
         dtype=dtype,
         param_dtype=param_dtype,
+        precision=precision,
         name=name,
     )
 
 
-def _norm(*, name: str, zero_scale: bool = False, dtype: Dtype, param_dtype: Dtype) -> nn.GroupNorm:
+def _norm(*, name: str, zero_scale: bool = False, dtype: Dtype, param_dtype: Dtype, precision: Precision = None) -> nn.GroupNorm:
+    del precision  # no matmul: accepted so that a block passes one set of numeric fields to its convs and norms
     return nn.GroupNorm(
         num_groups=32,
         epsilon=1e-5,
@@ -63,10 +68,11 @@ class SelectiveKernel(nn.Module):
     min_dim: int = 32
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = "highest"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         x = nn.relu(_norm(name="main_norm", **kw)(_conv(2 * self.features, 3, self.stride, name="main_conv", **kw)(x)))
         branches = jnp.stack(jnp.split(x, 2, axis=-1))  # [2, B, H, W, C]
         pooled = branches.sum(axis=0).mean(axis=(1, 2), keepdims=True)
@@ -85,10 +91,11 @@ class BottleneckBlock(nn.Module):
     use_projection: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = "highest"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         out = self.features * EXPANSION
         shortcut = x
         if self.use_projection:
@@ -117,10 +124,11 @@ class BasicBlock(nn.Module):
     use_projection: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = "highest"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         shortcut = x
         if self.use_projection:
             shortcut = _norm(name="projection_norm", **kw)(_conv(self.features, 1, self.stride, name="projection_conv", **kw)(x))
@@ -138,9 +146,17 @@ class ResNetEncoder(nn.Module):
     backward pass (the official code checkpoints the network in segments) to trade compute for memory.
     `train` is accepted for the common encoder interface; the network has no dropout or batch statistics.
 
-    Beyond the official networks: depths 18 and 34 (basic blocks), `base_width` (64 upstream; a multiple of 32
-    for GroupNorm) and `small_images` (a 3x3 stride-1 stem without max-pooling, as for CIFAR) for small
-    images such as the digits CPU configs.
+    `stage_blocks` (the official `layers` argument) overrides the blocks per stage of `depth` (which still
+    chooses the block: basic for 18 and 34, bottleneck otherwise); e.g. `stage_blocks=(1, 1, 1, 1)` with
+    `base_width=32` is the official `ResNet(layers=[1, 1, 1, 1], width_multiplier=0.5)` of the step references.
+    `base_width` is the official 64·width_multiplier (a multiple of 32 for GroupNorm), so fractional official
+    multipliers map onto it.
+
+    Beyond the official networks: depths 18 and 34 (basic blocks) and `small_images` (a 3x3 stride-1 stem without
+    max-pooling, as for CIFAR) for small images such as the digits CPU configs.
+
+    `precision` is the matmul/conv precision (`jax.lax.Precision` or its name): "highest" computes float32
+    products in float32 as the official run does; "default" lets TPUs use single bfloat16 passes.
     """
 
     latent_dim: int = 128
@@ -151,11 +167,13 @@ class ResNetEncoder(nn.Module):
     remat: bool = False
     base_width: int = 64
     small_images: bool = False
+    stage_blocks: tuple[int, ...] | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    precision: Precision = "highest"
 
     def _stem(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         channels = self.base_width * self.width_multiplier // 2
         if self.small_images:
             return nn.relu(_norm(name="stem_norm", **kw)(_conv(2 * channels, 3, name="stem_conv", **kw)(x)))
@@ -169,11 +187,16 @@ class ResNetEncoder(nn.Module):
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
     @property
+    def blocks_per_stage(self) -> tuple[int, ...]:
+        """Blocks in each of the four stages: `stage_blocks`, else the standard counts of `depth`."""
+        return tuple(self.stage_blocks) if self.stage_blocks is not None else STAGE_DEPTHS[self.depth]
+
+    @property
     def _basic(self) -> bool:
         return self.depth in BASIC_DEPTHS
 
     def _head(self, h: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         for i in range(self.head_num_layers):
             last = i == self.head_num_layers - 1
             width = self.latent_dim if last else h.shape[-1]
@@ -187,6 +210,10 @@ class ResNetEncoder(nn.Module):
     def __call__(self, x: jax.Array, *, apply_head: bool = True, train: bool = False) -> jax.Array:
         if self.depth not in STAGE_DEPTHS:
             raise ValueError(f"depth={self.depth} is not supported; use one of {sorted(STAGE_DEPTHS)}.")
+        if self.stage_blocks is not None and (
+            len(self.stage_blocks) != 4 or any(not isinstance(n, int) or n < 1 for n in self.stage_blocks)
+        ):
+            raise ValueError(f"stage_blocks={self.stage_blocks!r} must be four positive ints (blocks per stage) or None.")
         if x.ndim != 4:
             raise ValueError(f"ResNetEncoder expects images [B, H, W, C]; got shape {x.shape}.")
         if apply_head and (self.latent_dim % 32 or self.latent_dim < 64):
@@ -199,7 +226,7 @@ class ResNetEncoder(nn.Module):
         block_cls = BasicBlock if self.depth in BASIC_DEPTHS else BottleneckBlock
         block_cls = nn.remat(block_cls) if self.remat else block_cls
         h = self._stem((x.astype(self.dtype) + 1.0) / 2.0)
-        for stage, num_blocks in enumerate(STAGE_DEPTHS[self.depth]):
+        for stage, num_blocks in enumerate(self.blocks_per_stage):
             for b in range(num_blocks):
                 h = block_cls(
                     features=self.base_width * 2**stage * self.width_multiplier,
@@ -209,6 +236,7 @@ class ResNetEncoder(nn.Module):
                     use_projection=b == 0 and (stage > 0 or not self._basic),
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
+                    precision=self.precision,
                     name=f"stage{stage}_block{b}",
                 )(h)
         h = h.mean(axis=(1, 2))

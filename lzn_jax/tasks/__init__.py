@@ -5,7 +5,8 @@ A task object holds the Flax module definitions and the numbers its loss uses (n
 - `modules`: the params dict keys it trains, e.g. ("encoder", "decoder", "label_anchors").
 - `init(rng, batch) -> params`: shape-first friendly (works under `jax.eval_shape`).
 - `noise(rng, batch) -> dict`: every random draw of a step for the *global* batch, one row per example, so a
-  step's randomness does not depend on how the batch is split over devices.
+  step's randomness does not depend on how the batch is split over devices. A batch that carries recorded
+  draws under `batch["noise"]` replays them instead (`common.draws`: the one hook that injects randomness).
 - `loss(params, batch, noise, rng, *, axis_name) -> (loss, metrics)`: runs on one device's rows inside
   `jax.shard_map` (axis_name given) or on the whole batch (None); loss and metrics are averaged over devices.
 

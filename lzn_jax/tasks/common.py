@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import flax.linen as nn
@@ -29,11 +30,42 @@ def complete_section(section, where: str, **composition) -> ml_collections.Confi
     return ml_collections.ConfigDict(fields)
 
 
-def build_module(section, dtype: str) -> nn.Module:
-    """The module of a complete model section, computing in `dtype` unless the section says otherwise."""
+def build_module(section, config) -> nn.Module:
+    """The module of a complete model section, with the config's compute `dtype` and matmul `precision` unless
+    the section sets its own (precision only for networks; label anchors compute no products)."""
     fields = dict(section)
-    fields.setdefault("dtype", dtype)
+    fields.setdefault("dtype", config.dtype)
+    if "precision" in {f.name for f in dataclasses.fields(models.model_class(fields["name"]))}:
+        fields.setdefault("precision", config.precision)
     return models.build(fields)
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """x in float32, or in its own dtype when wider (float64 under jax_enable_x64): the zoning and the losses
+    run in at least float32 whatever the networks compute in."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+REPLAY_KEY = "noise"
+
+
+def draws(batch: dict, draw) -> dict:
+    """The random draws of a step: `draw()`, or the recorded ones a batch carries under `batch["noise"]`.
+
+    The replay hook of the tasks' `noise(rng, batch)`: a batch with a "noise" entry ({name: [B, ...]}, the same
+    names and shapes `draw()` gives) makes the step use those draws instead of its own, cast to the dtypes
+    `draw()` would give. tests/test_reference_steps.py replays the official trainers' recorded draws this way;
+    the data pipelines never produce the key.
+    """
+    if REPLAY_KEY not in batch:
+        return draw()
+    expected, recorded = jax.eval_shape(draw), batch[REPLAY_KEY]
+    if set(recorded) != set(expected):
+        raise ValueError(f"batch['noise'] holds {sorted(recorded)}; this task draws {sorted(expected)}.")
+    for name, spec in expected.items():
+        if recorded[name].shape != spec.shape:
+            raise ValueError(f"batch['noise'][{name!r}] has shape {recorded[name].shape}; the task draws {spec.shape}.")
+    return {name: jnp.asarray(recorded[name], spec.dtype) for name, spec in expected.items()}
 
 
 def require(config, *sections: str, task: str) -> None:

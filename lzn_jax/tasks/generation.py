@@ -70,7 +70,7 @@ class GenerationTask:
     @classmethod
     def from_config(cls, config) -> "GenerationTask":
         sections = cls.model_configs(config)
-        built = {name: common.build_module(section, config.dtype) for name, section in sections.items()}
+        built = {name: common.build_module(section, config) for name, section in sections.items()}
         return cls(
             decoder=built["decoder"],
             encoder=built.get("encoder"),
@@ -119,14 +119,19 @@ class GenerationTask:
         return params
 
     def noise(self, rng, batch) -> dict:
+        """{"prior" [B, Dz] float32 (as the official prior loader), "t" [B] in [t_eps, 1), "x0" [B, H, W, C]}."""
         images = batch["image"]
         b = images.shape[0]
-        k_prior, k_t, k_x0 = jax.random.split(rng, 3)
-        return {
-            "prior": jax.random.normal(k_prior, (b, self.latent_dim), images.dtype),
-            "t": jax.random.uniform(k_t, (b,), images.dtype) * (1.0 - self.t_eps) + self.t_eps,
-            "x0": jax.random.normal(k_x0, images.shape, images.dtype),
-        }
+
+        def draw():
+            k_prior, k_t, k_x0 = jax.random.split(rng, 3)
+            return {
+                "prior": jax.random.normal(k_prior, (b, self.latent_dim), jnp.float32),
+                "t": jax.random.uniform(k_t, (b,), images.dtype) * (1.0 - self.t_eps) + self.t_eps,
+                "x0": jax.random.normal(k_x0, images.shape, images.dtype),
+            }
+
+        return common.draws(batch, draw)
 
     # ---------------------------------------------------------------- compositions
 
@@ -139,7 +144,7 @@ class GenerationTask:
         rngs = {"dropout": rng} if train else {}
         anchors = self.encoder.apply({"params": params["encoder"]}, images, train=train, rngs=rngs)
         return zoning.latents(
-            anchors.astype(jnp.float32), prior * self.prior_scale, num_steps=self.num_steps, solver=self.solver,
+            common.at_least_float32(anchors), prior * self.prior_scale, num_steps=self.num_steps, solver=self.solver,
             axis_name=axis_name, block_size=self.block_size, weights=None if mask is None else mask.astype(jnp.float32),
         )  # fmt: skip
 
@@ -214,11 +219,12 @@ class GenerationTask:
             latent = self.image_latents(params, images, noise["prior"], axis_name=axis_name, train=True, rng=k_enc)
         xt = samplers.interpolate_xt(images, noise["x0"], noise["t"])
         velocity = self.velocity_fn(params, latent, labels, train=True, rng=k_dec)(noise["t"], xt)
-        recon = jnp.mean((images - noise["x0"] - velocity.astype(jnp.float32)) ** 2)
+        recon = jnp.mean((images - noise["x0"] - common.at_least_float32(velocity)) ** 2)
         metrics = {"recon": recon}
         total = self.recon_weight * recon
         if self.conditional:
-            weights = losses.class_weights(labels, self.num_classes, axis_name=axis_name)
+            # float32 frequencies, as the official trainer divides float32 counts (a float64 run rounds them too).
+            weights = losses.class_weights(labels, self.num_classes, axis_name=axis_name).astype(jnp.float32)
             end, log_probs = self.label_log_probs(params, latent, labels, weights)
             label = losses.label_loss(log_probs, cutoff=self.cutoff)
             anchors = self.label_anchors.apply({"params": params["label_anchors"]})

@@ -45,7 +45,7 @@ class RepresentationTask:
     @classmethod
     def from_config(cls, config) -> "RepresentationTask":
         return cls(
-            encoder=common.build_module(cls.model_configs(config)["encoder"], config.dtype),
+            encoder=common.build_module(cls.model_configs(config)["encoder"], config),
             latent_dim=config.latent_dim,
             solver=config.zoning.solver,
             num_steps=config.zoning.num_steps,
@@ -60,8 +60,9 @@ class RepresentationTask:
         return {"encoder": common.init_variables(self.encoder, rng, batch["image"])}
 
     def noise(self, rng, batch) -> dict:
+        """{"prior" [B, Dz] float32, unscaled (as the official prior loader)}."""
         b = batch["image"].shape[0]
-        return {"prior": jax.random.normal(rng, (b, self.latent_dim), batch["image"].dtype)}
+        return common.draws(batch, lambda: {"prior": jax.random.normal(rng, (b, self.latent_dim), jnp.float32)})
 
     def embed(self, params, images, *, apply_head: bool = True, train=False, rng=None):
         """images [B, H, W, C] -> anchors [B, Dz] (or the pre-head features with apply_head=False)."""
@@ -71,8 +72,8 @@ class RepresentationTask:
 
     def loss(self, params, batch, noise, rng, *, axis_name=None):
         k1, k2 = jax.random.split(common.device_key(rng, axis_name))
-        anchors1 = self.embed(params, batch["image"], train=True, rng=k1).astype(jnp.float32)
-        anchors2 = self.embed(params, batch["image2"], train=True, rng=k2).astype(jnp.float32)
+        anchors1 = common.at_least_float32(self.embed(params, batch["image"], train=True, rng=k1))
+        anchors2 = common.at_least_float32(self.embed(params, batch["image2"], train=True, rng=k2))
         kernel = dict(num_steps=self.num_steps, solver=self.solver, axis_name=axis_name, block_size=self.block_size)
         latents = zoning.latents(anchors1, noise["prior"] * self.prior_scale, **kernel)
         own = zoning.own_columns(anchors1.shape[0], axis_name)

@@ -47,20 +47,20 @@ class SimCLRTask:
 
     @classmethod
     def from_config(cls, config) -> "SimCLRTask":
-        encoder = common.build_module(cls.model_configs(config)["encoder"], config.dtype)
+        encoder = common.build_module(cls.model_configs(config)["encoder"], config)
         return cls(encoder=encoder, latent_dim=config.latent_dim, temperature=config.loss.temperature)
 
     init = RepresentationTask.init
     embed = RepresentationTask.embed
 
     def noise(self, rng, batch) -> dict:
-        return {}
+        return common.draws(batch, lambda: {})
 
     def loss(self, params, batch, noise, rng, *, axis_name=None):
         k1, k2 = jax.random.split(common.device_key(rng, axis_name))
 
         def project(images, key):
-            z = self.embed(params, images, train=True, rng=key).astype(jnp.float32)
+            z = common.at_least_float32(self.embed(params, images, train=True, rng=key))
             return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))  # finite grad at 0
 
         z1, z2 = project(batch["image"], k1), project(batch["image2"], k2)

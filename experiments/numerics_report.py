@@ -1,0 +1,71 @@
+"""Measured numerics: step parity with the official trainers, and bfloat16 against float32.
+
+    PYTHONPATH=.:tests python experiments/numerics_report.py [--part bf16|steps] [--dtype float64|float32]
+        [--match case2]  >> docs/results/numerics.txt
+
+(the options run one part, dtype or reference file at a time, so slow parts can run side by side).
+
+1. For every `step_*.npz` in the reference folder ($LZN_REFERENCE_DIR, see tests/conftest.py) and for float64
+   (jax_enable_x64) and float32: the error of each kind of quantity nearest its tolerance in
+   `tests/test_reference_steps.py` (which this reuses, so the numbers are the test's).
+2. For one train step of every task of `tests/test_numerics.py`: the float32 and bfloat16 losses from the same
+   params and draws, and their relative difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+
+import jax
+
+import conftest
+import test_numerics
+import test_reference_steps
+
+
+def _header() -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "lzn_jax", "tests"], capture_output=True, text=True).stdout
+    print(f"# {' '.join(['python', *sys.argv])}")
+    print(f"# commit {commit}{' (with uncommitted changes)' if dirty.strip() else ''}, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
+          f"{jax.devices()[0].platform}")  # fmt: skip
+
+
+def step_parity(dtypes, match) -> None:
+    print("\n## Official steps: per file and dtype, the comparison of each kind nearest its tolerance")
+    print(f"{'file':<24} {'dtype':<8} {'kind':<16} {'error':>10} {'tolerance':>10}")
+    for path in [p for p in conftest.reference_files("step_*.npz") if match in os.path.basename(p)]:
+        for dtype in dtypes:
+            with jax.enable_x64(dtype == "float64"):
+                worst = test_reference_steps.run_and_check(path, dtype)
+            for kind, (err, tol) in sorted(worst.items()):
+                print(f"{os.path.basename(path):<24} {dtype:<8} {kind:<16} {err:>10.2e} {tol:>10.1e}", flush=True)
+
+
+def bfloat16_steps() -> None:
+    print("\n## One train step, float32 vs bfloat16 networks (same params and draws)")
+    print(f"{'task':<24} {'float32 loss':>14} {'bfloat16 loss':>14} {'relative':>10}")
+    for name, config in test_numerics._configs().items():
+        batch = test_numerics._batch(config)
+        high = float(test_numerics._one_step(config, batch)["loss"])
+        config.dtype = "bfloat16"
+        low = float(test_numerics._one_step(config, batch)["loss"])
+        print(f"{name:<24} {high:>14.6f} {low:>14.6f} {abs(low - high) / abs(high):>10.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=("bf16", "steps"), action="append")
+    parser.add_argument("--dtype", choices=("float64", "float32"), action="append")
+    parser.add_argument("--match", default="", help="only reference files whose name contains this")
+    args = parser.parse_args()
+    _header()
+    if "bf16" in (args.part or ["bf16"]):
+        bfloat16_steps()
+    if "steps" in (args.part or ["steps"]):
+        step_parity(args.dtype or ("float64", "float32"), args.match)
