@@ -9,7 +9,8 @@ float32 matmul throughput, and XLA's peak live memory for the compiled step.
     python experiments/bench_zoning.py --shapes 2048x256 --repeats 5
     python experiments/bench_zoning.py --official-repo /path/to/latent-zoning-networks   # also time the official
 
-Also prints, for shapes up to 512 rows, the float32 loss's error relative to the float64 loss on the same inputs.
+Also prints, for shapes up to 512 rows, the float32 loss's error relative to the float64 loss on the same inputs
+(with --official-repo, the official code's too).
 Writes docs/results/bench_zoning.json. The official PyTorch timings are measured only with --official-repo;
 otherwise the figures quoted in issue #2 are printed as quotations, with their source.
 
@@ -118,7 +119,10 @@ def load_official_flow(repo):
     return module.EulerLatentFlow
 
 
-def time_official(repo, batch, dim, num_steps):
+def official_step(repo, batch, dim, num_steps, dtype=np.float32):
+    """The official flow's case-study-2 step, forward and backward, on `inputs(batch, dim)` in `dtype`.
+
+    Returns (loss, seconds)."""
     import torch
 
     flow_cls = load_official_flow(repo)
@@ -130,7 +134,7 @@ def time_official(repo, batch, dim, num_steps):
             return torch.exp(x - torch.max(x, dim=1).values[:, None])
 
     trainer = types.SimpleNamespace(prior=Prior())
-    view1, view2, prior = (torch.tensor(np.asarray(x), requires_grad=True) for x in inputs(batch, dim))
+    view1, view2, prior = (torch.tensor(np.asarray(x), requires_grad=True) for x in inputs(batch, dim, dtype=dtype))
     start = time.perf_counter()
     flow = flow_cls(trainer)
     lat = flow(full_encoded=view1, encoded=view1, prior_data=prior, num_steps=num_steps)
@@ -140,7 +144,7 @@ def time_official(repo, batch, dim, num_steps):
     own = torch.arange(batch)
     loss = -torch.log(probs[int(num_steps * 0.2):, own, own].max(0)[0]).mean()
     loss.backward()
-    return time.perf_counter() - start
+    return float(loss), time.perf_counter() - start
 
 
 def main():
@@ -172,9 +176,13 @@ def main():
             row["float32_relative_loss_error"] = float32_error(batch, dim, args.steps, args.block_size)
             line += f"  f32 loss error {row['float32_relative_loss_error']:.1e}"
         if args.official_repo and batch <= 1024:
-            official = time_official(args.official_repo, batch, dim, args.steps)
+            official_loss, official = official_step(args.official_repo, batch, dim, args.steps)
             row["official_measured_seconds_per_step"] = official
             line += f"  official measured: {official:.2f} s/step = {official / seconds:.0f}x slower"
+            if batch <= PRECISION_MAX_BATCH:
+                exact, _ = official_step(args.official_repo, batch, dim, args.steps, dtype=np.float64)
+                row["official_float32_relative_loss_error"] = abs(official_loss - exact) / abs(exact)
+                line += f", its f32 loss error {row['official_float32_relative_loss_error']:.1e}"
         elif shape in OFFICIAL_QUOTED:
             row["official_quoted_seconds_per_step"] = OFFICIAL_QUOTED[shape]
             line += f"  (official f32, quoted: {OFFICIAL_QUOTED[shape]} s/step)"
