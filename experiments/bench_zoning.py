@@ -8,6 +8,7 @@ float32 matmul throughput, and XLA's peak live memory for the compiled step.
     python experiments/bench_zoning.py                       # the default shapes
     python experiments/bench_zoning.py --shapes 2048x256 --repeats 5
     python experiments/bench_zoning.py --official-repo /path/to/latent-zoning-networks   # also time the official
+    python experiments/bench_zoning.py --shapes 256x128 --official-repo REPO --record bench_zoning_official
 
 Also prints, for shapes up to 512 rows, the float32 loss's error relative to the float64 loss on the same inputs
 (with --official-repo, the official code's too).
@@ -154,6 +155,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--block-size", type=int, default=None, help="anchors per tile (default: automatic)")
     parser.add_argument("--official-repo", default=None, help="also time the official PyTorch flow (needs torch)")
+    parser.add_argument("--record", default="bench_zoning", help="writes docs/results/<record>.json")
     args = parser.parse_args()
 
     peak = matmul_peak_gflops()
@@ -192,7 +194,7 @@ def main():
     print(f"process peak RSS: {rss:.0f} MiB")
     if not args.official_repo:
         print(f"quoted official figures: {OFFICIAL_SOURCE}")
-    results.write("bench_zoning", {"matmul_peak_gflops": peak, "steps_per_flow": args.steps, "shapes": rows,
+    results.write(args.record, {"matmul_peak_gflops": peak, "steps_per_flow": args.steps, "shapes": rows,
                                    "process_peak_rss_mib": rss, "official_quoted_source": OFFICIAL_SOURCE})  # fmt: skip
 
 
