@@ -9,7 +9,9 @@ r"""Trains the digits configs and prints the numbers the README reports (CPU, ab
 - digits_repr vs digits_simclr: linear-probe accuracy of LZN and SimCLR features (same encoder, views, budget)
   against the raw-pixel probe.
 - digits_gen: sample and reconstruction statistics.
-A finished run is not retrained (its workdir resumes at its last step and only re-evaluates).
+A finished run is not retrained (its workdir resumes at its last step and its metrics are read again).
+Each config's final metrics go to docs/results/<config>.json (command, commit, date): the README's digits
+numbers are read from those files.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lzn_jax import train  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "experiments"))
+import results  # noqa: E402  (experiments/results.py)
 
 CONFIGS = ("digits_joint", "digits_repr", "digits_simclr", "digits_gen")
 
@@ -62,6 +67,8 @@ def main():
         for key in sorted(metrics):
             print(f"   {key:55s} {metrics[key]:.4f}")
         sys.stdout.flush()
+        results.write(name, {"num_train_steps": config.num_train_steps, "minutes_this_invocation": minutes,
+                             "final_eval_metrics": metrics})  # fmt: skip
 
 
 if __name__ == "__main__":

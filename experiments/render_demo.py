@@ -4,7 +4,8 @@ r"""Executes experiments/lzn_demo.ipynb and writes its figures to docs/ (the REA
     python experiments/render_demo.py --workdir=workdirs/digits_joint
 
 With --workdir the notebook loads that finished run; without it, it trains for LZN_DEMO_STEPS (default 300)
-steps first. Writes docs/demo_<n>[a|b].png (the pictures of the n-th figure cell), docs/demo.png (the
+steps first. Writes docs/results/demo.json (the notebook's printed numbers, which docs/demo.md quotes),
+docs/demo_<n>[a|b].png (the pictures of the n-th figure cell), docs/demo.png (the
 README's strip: zones, samples, reconstructions, interpolation) and prints each cell's text output.
 """
 
@@ -15,10 +16,14 @@ import base64
 import io
 import os
 import pathlib
+import sys
 
 import nbclient
 import nbformat
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results  # noqa: E402  (experiments/results.py)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "experiments" / "lzn_demo.ipynb"
@@ -62,10 +67,10 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs"))
     args = parser.parse_args()
     notebook = execute(args.workdir)
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.get("name") == "stdout":
-                print(output["text"], end="")
+    printed = "".join(output["text"] for cell in notebook.cells for output in cell.get("outputs", [])
+                      if output.get("name") == "stdout")  # fmt: skip
+    print(printed, end="")
+    results.write("demo", {"workdir": args.workdir, "notebook_stdout": printed.splitlines()})  # docs/demo.md's numbers
     drawn = figures(notebook)
     os.makedirs(args.out, exist_ok=True)
     for n, images in enumerate(drawn):

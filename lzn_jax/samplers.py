@@ -29,16 +29,6 @@ def _euler(velocity: Velocity, x: jax.Array, t0: float, t1: float, num_steps: in
     return x
 
 
-def euler_sample(velocity: Velocity, noise: jax.Array, *, num_steps: int, eps: float = 1e-3) -> jax.Array:
-    """noise x0 [B, H, W, C] at t = eps → data at t = 1 in `num_steps` Euler steps."""
-    return _euler(velocity, noise, eps, 1.0, num_steps)
-
-
-def euler_inverse(velocity: Velocity, data: jax.Array, *, num_steps: int, eps: float = 1e-3) -> jax.Array:
-    """data x1 at t = 1 → the noise the Euler sampler would map to it, integrating back to t = eps."""
-    return _euler(velocity, data, 1.0, eps, num_steps)
-
-
 def _rk45(velocity: Velocity, x: jax.Array, t0: float, t1: float, rtol: float, atol: float, max_steps: int):
     def field(t, y, _):
         return velocity(jnp.full((y.shape[0],), t, y.dtype), y)
@@ -54,17 +44,7 @@ def _rk45(velocity: Velocity, x: jax.Array, t0: float, t1: float, rtol: float, a
         max_steps=max_steps,
         saveat=diffrax.SaveAt(t1=True),
     )
-    return solution.ys[-1], solution.stats["num_steps"]
-
-
-def rk45_sample(velocity: Velocity, noise: jax.Array, *, rtol=1e-5, atol=1e-5, eps=1e-3, max_steps=4096):
-    """Adaptive Dopri5 from t = eps to 1. Returns (samples, number of accepted+rejected steps)."""
-    return _rk45(velocity, noise, eps, 1.0, rtol, atol, max_steps)
-
-
-def rk45_inverse(velocity: Velocity, data: jax.Array, *, rtol=1e-5, atol=1e-5, eps=1e-3, max_steps=4096):
-    """Adaptive Dopri5 from t = 1 back to eps: the initial noise of `data`. Returns (noise, steps)."""
-    return _rk45(velocity, data, 1.0, eps, rtol, atol, max_steps)
+    return solution.ys[-1]
 
 
 SAMPLERS = ("euler", "rk45")
@@ -76,7 +56,7 @@ def integrate(velocity: Velocity, x: jax.Array, *, t0: float, t1: float, sampler
     if sampler == "euler":
         return _euler(velocity, x, t0, t1, num_steps)
     if sampler == "rk45":
-        return _rk45(velocity, x, t0, t1, rtol, atol, max_steps=4096)[0]
+        return _rk45(velocity, x, t0, t1, rtol, atol, max_steps=4096)
     raise ValueError(f"Unknown sampler {sampler!r}; use one of {SAMPLERS}.")
 
 

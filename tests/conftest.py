@@ -29,6 +29,15 @@ def reference_files(pattern: str) -> list[str]:
     return files
 
 
+def pytest_configure(config):
+    """The one registration of the `slow` marker: `pytest -m "not slow" tests` is the fast tier developers run."""
+    config.addinivalue_line(
+        "markers",
+        "slow: subprocess training runs, the notebook, multi-process, multi-device and learning runs (> ~15 s); "
+        'deselect with -m "not slow"',
+    )
+
+
 def pytest_generate_tests(metafunc):
     """Parametrises `latent_flows_file` / `ncsnpp_small_file` / `step_file` arguments over every matching
     reference file."""

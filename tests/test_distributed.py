@@ -28,6 +28,8 @@ from support import saved_items
 
 from lzn_jax import checkpoint, writers
 
+pytestmark = pytest.mark.slow  # two training processes joined by jax.distributed
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 2
 SETTINGS = {

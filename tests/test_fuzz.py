@@ -276,14 +276,14 @@ def jitted_flows(solver, x64=False):
 # ----------------------------------------------------------------------------------------- zoning: under jit
 
 
+# Every (where, bad value) pair: non-finite anchors and latents, negative or non-finite weights, out-of-range targets.
+POISONS = [(where, v) for where in ("anchor", "latent") for v in SPECIAL] + [("weight", v) for v in SPECIAL + [-1.0]]
+POISONS += [("target", -1), ("target", 7)]
+
+
 @FUZZ
-@given(
-    st.integers(0, 2**16),
-    st.sampled_from(["anchor", "latent", "weight", "target"]),
-    st.sampled_from(SPECIAL + [-1.0, 7.0]),
-    solvers,
-)
-def test_under_jit_a_bad_value_makes_its_outputs_nan(seed, where, value, solver):
+@given(st.integers(0, 2**16), st.sampled_from(POISONS), solvers)
+def test_under_jit_a_bad_value_makes_its_outputs_nan(seed, poison, solver):
     """No value checks under jit: a bad anchor or weight turns every row NaN, a bad latent or target its row."""
     rng = np.random.default_rng(seed)
     anchors = rng.normal(size=(4, 3)).astype(np.float32)
@@ -291,16 +291,15 @@ def test_under_jit_a_bad_value_makes_its_outputs_nan(seed, where, value, solver)
     weights, targets = np.ones(4, np.float32), rng.integers(0, 4, size=3).astype(np.int32)
     clean = jitted_assign(solver, True)(anchors, latents, weights, targets)
     row = int(rng.integers(0, 3))
-    if where == "anchor" and not np.isfinite(value):
+    where, value = poison
+    if where == "anchor":
         anchors[rng.integers(0, 4), rng.integers(0, 3)] = value
-    elif where == "latent" and not np.isfinite(value):
+    elif where == "latent":
         latents[row, rng.integers(0, 3)] = value
-    elif where == "weight" and not (value >= 0 and np.isfinite(value)):
+    elif where == "weight":
         weights[rng.integers(0, 4)] = value
-    elif where == "target" and value in (-1.0, 7.0):
-        targets[row] = int(value)
     else:
-        return  # a valid value there: nothing to poison
+        targets[row] = value
     end, picked = jitted_assign(solver, True)(anchors, latents, weights, targets)
     bad_rows = np.arange(3) == row if where in ("latent", "target") else np.ones(3, bool)
     assert np.all(np.isnan(picked[:, bad_rows]).any(axis=0))

@@ -5,6 +5,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a fresh process compiling the sharded suite
+
 HERE = pathlib.Path(__file__).resolve().parent
 
 

@@ -5,6 +5,7 @@ import pathlib
 
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "lzn_demo.ipynb"
 DEMO_STEPS = 4  # enough for every cell to run; the pictures need the notebook's default of a few hundred
@@ -34,6 +35,7 @@ def test_notebook_has_a_parameter_cell_read_from_the_environment():
     assert len(figure_cells(notebook)) >= 5
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom_and_draws_every_figure(monkeypatch, tmp_path):
     monkeypatch.setenv("LZN_DEMO_STEPS", str(DEMO_STEPS))
     monkeypatch.delenv("LZN_DEMO_WORKDIR", raising=False)

@@ -84,3 +84,28 @@ def test_adam_matches_optax_adam_without_warmup():
         updates, theirs = ref.update(grads, theirs, p2)
         p2 = optax.apply_updates(p2, updates)
     np.testing.assert_allclose(p1["encoder"], p2["encoder"], rtol=1e-6)
+
+
+def first_moments(opt_state, module):
+    """Adam's first moment of `module` after one update: (1 − b1) × the gradient Adam received."""
+    adam, _ = opt_state.inner_states[module].inner_state
+    return adam.mu[module]
+
+
+def test_clip_scales_the_gradient_adam_receives_by_clip_over_the_norm():
+    """torch clip_grad_norm_: g × min(1, clip / (‖g‖ + 1e-6)), the norm over the enabled modules; a clip that
+    scaled wrongly (or not at all) changes Adam's first moment, which holds 0.1 × the clipped gradient."""
+    opt = optim.make_optimizer(optim_config(encoder=1e-2, decoder=1e-2), ("encoder", "decoder"))
+    params = {"encoder": jnp.zeros(4), "decoder": jnp.zeros(4)}
+    grads = {"encoder": jnp.full(4, 3.0), "decoder": jnp.full(4, 4.0)}  # global norm 10
+    both = {"encoder": jnp.asarray(True), "decoder": jnp.asarray(True)}
+    for clip, scale in ((1.0, 1.0 / (10.0 + 1e-6)), (5.0, 5.0 / (10.0 + 1e-6)), (20.0, 1.0), (0.0, 1.0)):
+        _, state, norm = optim.apply(opt, grads, opt.init(params), params, both, grad_clip=clip)
+        np.testing.assert_allclose(norm, 10.0, rtol=1e-6)
+        np.testing.assert_allclose(first_moments(state, "encoder"), 0.1 * 3.0 * scale, rtol=1e-5)
+        np.testing.assert_allclose(first_moments(state, "decoder"), 0.1 * 4.0 * scale, rtol=1e-5)
+    # A frozen decoder is left out of the norm: the encoder's gradient alone (norm 6) is clipped to 1.
+    only_encoder = {"encoder": jnp.asarray(True), "decoder": jnp.asarray(False)}
+    _, state, norm = optim.apply(opt, grads, opt.init(params), params, only_encoder, grad_clip=1.0)
+    np.testing.assert_allclose(norm, 6.0, rtol=1e-6)
+    np.testing.assert_allclose(first_moments(state, "encoder"), 0.1 * 3.0 / (6.0 + 1e-6), rtol=1e-5)

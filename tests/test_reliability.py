@@ -145,6 +145,7 @@ def reference(env, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_the_same_command_ends_exactly_like_an_uninterrupted_run(env, reference, tmp_path):
     workdir = tmp_path / "killed"
     # 1. Killed while a checkpoint after the first one is half-written: stop the process as soon as a save is in
@@ -182,6 +183,7 @@ def test_sigkill_at_any_moment_then_the_same_command_ends_exactly_like_an_uninte
     assert got_metrics == expected_metrics  # every logged window, before and after each resume
 
 
+@pytest.mark.slow
 def test_the_same_config_and_seed_give_bit_identical_metrics(env, reference, tmp_path):
     again = tmp_path / "again"
     Process(env, cli(again), tmp_path / "again.log").finish()
@@ -216,6 +218,7 @@ main.run()
 """
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_everywhere_and_too_many_in_a_row_stop_with_the_last_good_state(
     env, reference, tmp_path
 ):
@@ -251,6 +254,7 @@ def copy_of(workdir, tmp_path):
     return copy
 
 
+@pytest.mark.slow
 def test_an_unreadable_latest_checkpoint_is_named_and_the_previous_one_restored(reference, tmp_path, caplog):
     workdir = copy_of(reference, tmp_path)
     for path in (workdir / "checkpoints" / str(STEPS) / "params").rglob("*"):
@@ -264,6 +268,7 @@ def test_an_unreadable_latest_checkpoint_is_named_and_the_previous_one_restored(
     assert_same_arrays(jax.tree.map(np.asarray, run.state.params), previous["params"], "params")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused_with_the_arrays_that_differ(reference, tmp_path):
     with pytest.raises(checkpoint.CheckpointMismatchError) as info:
         train.setup(tiny_config(latent_dim=16), str(copy_of(reference, tmp_path)))
@@ -272,6 +277,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_with_the_arrays_that_di
     assert "ema_params/encoder/" in message and "Use the config the checkpoint was trained with" in message
 
 
+@pytest.mark.slow
 def test_a_misspelled_override_names_the_nearest_key_without_a_traceback(env, tmp_path):
     workdir = tmp_path / "never_written"
     run = Process(env, cli(workdir) + ["--config.batch_sizee=3"], tmp_path / "typo.log")

@@ -52,19 +52,22 @@ def changed(a, b):
     return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize(
-    "name, updates",
-    [
-        ("digits_joint", {}),  # case study 3: encoder + decoder + label anchors
-        ("digits_gen", {}),  # case study 1: encoder + decoder
-        ("digits_gen", {"encoder.name": ""}),  # the plain rectified-flow baseline
-        ("digits_repr", {}),  # case study 2
-        ("digits_simclr", {}),
-    ],
-)
+TASKS = [
+    ("digits_joint", {}),  # case study 3: encoder + decoder + label anchors
+    ("digits_gen", {}),  # case study 1: encoder + decoder
+    ("digits_gen", {"encoder.name": ""}),  # the plain rectified-flow baseline
+    ("digits_repr", {}),  # case study 2
+    ("digits_simclr", {}),
+]
+# The same step with the networks computing in bfloat16 (the TPU setting): params, Adam state and EMA stay float32.
+BFLOAT16 = [pytest.param(name, {**updates, "dtype": "bfloat16"}, marks=pytest.mark.slow) for name, updates in TASKS]
+
+
+@pytest.mark.parametrize("name, updates", TASKS + BFLOAT16)
 def test_one_step_of_every_task_updates_every_module(name, updates):
     before, after, metrics = one_step(tiny(name, **updates))
     assert np.isfinite(metrics["loss"]) and metrics["skipped"] == 0
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves((after.params, after.ema_params)))
     assert int(after.step) == 1 and int(after.skipped_steps) == 0
     for module in before.params:
         assert changed(before.params[module], after.params[module]), module

@@ -110,17 +110,22 @@ def test_labels_zone_latents_land_in_their_own_zone():
     np.testing.assert_array_equal(losses.nearest_anchor(anchors, end), labels)
 
 
+FLOAT32_LOSS_ERROR_BOUND = 4e-6  # 10 x the 3.8e-7 measured on CPU (XLA:CPU, this commit's kernel)
+
+
 def test_float32_loss_error_is_below_the_official_implementation():
-    """B = 256, D = 128: the official float32 code is 7.7e-4 relative off its float64 loss; we must not be worse,
-    also under the bfloat16 default matmul precision of TPUs (the kernel pins its own precision)."""
+    """B = 256, D = 128, 20 + 20 Euler steps: the float32 loss is 3.8e-7 relative off the float64 loss
+    (experiments/bench_zoning.py measures it, and with --official-repo the official code's). The bound, 10 x what is reached, fails a kernel that loses the noise-coordinate integration or the
+    pinned matmul precision — also under the bfloat16 default matmul precision of TPUs."""
     view1, view2, prior = problem(b=256, d=128, seed=0)
     loss = jax.jit(functools.partial(case_study_2_loss, steps=20))
     with jax.enable_x64(True):
         exact = float(loss(view1, view2, prior))
     f32 = [jnp.asarray(x, jnp.float32) for x in (view1, view2, prior)]
-    assert abs(float(loss(*f32)) - exact) / exact <= 7.7e-4
+    assert abs(float(loss(*f32)) - exact) / exact <= FLOAT32_LOSS_ERROR_BOUND
     with jax.default_matmul_precision("bfloat16"):
-        assert abs(float(jax.jit(functools.partial(case_study_2_loss, steps=20))(*f32)) - exact) / exact <= 7.7e-4
+        bf16_default = jax.jit(functools.partial(case_study_2_loss, steps=20))(*f32)
+        assert abs(float(bf16_default) - exact) / exact <= FLOAT32_LOSS_ERROR_BOUND
 
 
 def test_low_precision_inputs_are_computed_in_float32():
