@@ -5,7 +5,7 @@ import pytest
 from support import CONFIG_DIR
 from support import load_config as load
 
-from lzn_jax import configlib, optim, tasks, train, train_state
+from lzn_jax import configlib, data, optim, tasks, train, train_state
 
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "common")
 
@@ -13,7 +13,7 @@ CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "common")
 def abstract_state(config):
     task = tasks.build(config)
     optimizer = optim.make_optimizer(config.optim, task.modules)
-    init = train_state.init_fn(task, optimizer, train.batch_spec(config, 1))
+    init = train_state.init_fn(task, optimizer, data.batch_spec(config.data, 1))
     return task, jax.eval_shape(init, jax.random.key(0))
 
 

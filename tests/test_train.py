@@ -9,7 +9,7 @@ import pytest
 
 from support import load_config as load
 
-from lzn_jax import configlib, optim, parallel, tasks, train, train_state, writers
+from lzn_jax import configlib, data, optim, parallel, tasks, train, train_state, writers
 
 TINY_TRUNK = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
 
@@ -30,7 +30,7 @@ def one_step(config, batch_update=None):
     task = tasks.build(config)
     optimizer = optim.make_optimizer(config.optim, task.modules)
     mesh = parallel.make_mesh(-1)
-    state, shardings = train_state.create(task, optimizer, train.batch_spec(config, 2), jax.random.key(0), mesh)
+    state, shardings = train_state.create(task, optimizer, data.batch_spec(config.data, 2), jax.random.key(0), mesh)
     step = train_state.make_train_step(task, optimizer, config, mesh, shardings)
     batch = next(train.data.train_iterator(config.data, batch_size=config.batch_size, seed=0))
     if batch_update:

@@ -59,7 +59,7 @@ def trained(data_devices, model_devices, fsdp):
     optimizer = optim.make_optimizer(config.optim, task.modules)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
     state, shardings = train_state.create(
-        task, optimizer, train.batch_spec(config, 2), jax.random.key(config.seed), mesh, fsdp
+        task, optimizer, data.batch_spec(config.data, 2), jax.random.key(config.seed), mesh, fsdp
     )
     initial = jax.tree.map(np.asarray, state.params)
     stored = per_device_bytes((state.params, state.ema_params, state.opt_state))
@@ -108,7 +108,7 @@ def test_class_accuracy_is_the_same_on_8_devices():
     config = configlib.override(tiny_config(name="digits_joint"), **{"zoning.label_num_steps": 4})
     task = tasks.build(config)
     params = jax.jit(task.init)(jax.random.key(0), {k: jax.numpy.zeros(v.shape, v.dtype) for k, v in
-                                                     train.batch_spec(config, 2).items()})  # fmt: skip
+                                                     data.batch_spec(config.data, 2).items()})  # fmt: skip
     results = []
     for data_devices in (1, 8):
         mesh = parallel.make_mesh(data_devices)
