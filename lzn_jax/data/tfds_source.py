@@ -25,15 +25,15 @@ def build(cfg: ml_collections.ConfigDict) -> "TfdsSource":
 
 def prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """The builder of `name` in `data_dir` ("" = TFDS's default); raises if it is unknown or not prepared."""
-    try:
-        with _without_missing_info_warning():
+    with _without_missing_info_warning():
+        try:
             builder = tfds.builder(name, data_dir=data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(
-            f"data.name={name!r} is not a TFDS dataset; see https://www.tensorflow.org/datasets/catalog."
-        ) from None
-    if not builder.is_prepared():
-        raise FileNotFoundError(_not_prepared_message(builder, name))
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"data.name={name!r} is not a TFDS dataset; see https://www.tensorflow.org/datasets/catalog."
+            ) from None
+        if not builder.is_prepared():
+            raise FileNotFoundError(_not_prepared_message(builder, name))
     return builder
 
 
