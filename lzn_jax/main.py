@@ -137,8 +137,7 @@ def run():
     _config_root_on_path(sys.argv)
     try:
         app.run(main, flags_parser=_parse_flags)
-    except train.Interrupted as stopped:  # SIGTERM / Ctrl-C: a checkpoint is saved; the message says how to resume
-        logging.warning("%s", stopped)
+    except train.Interrupted as stopped:  # SIGTERM / Ctrl-C: a checkpoint is saved; one line says how to resume
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
     except (ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps) as error:
