@@ -37,7 +37,10 @@ setuptools.setup(
     description="Latent Zoning Networks in JAX/Flax: one latent space for generation, representation and classification.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["lzn_jax", "lzn_jax.*"]),
+    # configs/ stays at the top of the checkout and ships inside the package as lzn_jax/shipped/configs, so that
+    # `--config=configs/<name>.py` works outside a checkout too (lzn_jax.main falls back to the shipped copy).
+    packages=setuptools.find_packages(include=["lzn_jax", "lzn_jax.*"]) + ["lzn_jax.shipped.configs"],
+    package_dir={"lzn_jax.shipped.configs": "configs"},
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require=EXTRAS,

@@ -3,6 +3,8 @@ r"""Case study 1: unconditional LSUN-Bedroom 256×256 generation, the official `
 NCSN++ encoder with anchor heads at 64..4 px → LZN latents (DPM-Solver++, 20 steps) → NCSN++ rectified-flow
 decoder with FIR resampling, progressive skips and Gaussian-Fourier time features. Images come from a folder.
 
+    The image folder is required: set --config.data.data_dir (local or gs://).
+
     python -m lzn_jax.main --config=configs/gen_lsun_bedroom.py --workdir=gs://BUCKET/lzn/gen_lsun_bedroom \
         --config.data.data_dir=gs://BUCKET/LSUN
 """
@@ -12,7 +14,7 @@ from configs import common
 
 def get_config(arg=None):
     config = common.hq256_generation(
-        name="lsun_bedroom", data_dir="gs://BUCKET/LSUN", train_split="bedroom_train", test_split="bedroom_val", steps=2_050_000,
+        name="lsun_bedroom", data_dir="", train_split="bedroom_train", test_split="bedroom_val", steps=2_050_000,
         encoder_lr=2e-6, ema=0.99999, eval_batch_size=25, fid_num=50_000,
     )  # fmt: skip
     return common.runlocal(config, image_size=32) if arg == "runlocal" else config

@@ -7,7 +7,8 @@
     recon  = lzn.reconstruct(params, images, key=key)         # image → latent → noise (inverse ODE) → image
     path   = lzn.interpolate(params, image_a, image_b, steps=8, key=key)
 
-Every method is a pure function of (params, inputs, key): jit it, vmap it, compose it. A sample's latent
+Every method is a pure function of (params, inputs, key): jit it, vmap it, grad it, compose it (`steps` and
+`num` set output shapes: mark them static, `jax.jit(lzn.interpolate, static_argnames="steps")`). A sample's latent
 depends on the batch it is encoded with (all images of the batch are the anchors of one mixture); the methods
 that compute latents take `context` images that join the mixture, so this dependence is explicit.
 
@@ -21,8 +22,11 @@ would need a host sync); instead a bad label makes its generated image NaN and a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import json
+import logging
 import os
 from typing import Optional
 
@@ -31,8 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lzn_jax import checkpoint, configlib, optim, tasks, train_state
-from lzn_jax.train import batch_spec
+from lzn_jax import checkpoint, configlib, data, tasks
 
 IMAGE_LIMIT = 1.5  # eager calls refuse images beyond this: [0, 255] data, or values that are not images
 
@@ -136,9 +139,19 @@ class LZN:
         """Image encoder: images [B, H, W, C] -> anchors [B, Dz] (apply_head=False: pre-head features)."""
         images = self._images(images)
         if hasattr(self.task, "embed"):
+            self._need_head_option(apply_head)
             return self.task.embed(params, images, apply_head=apply_head)
         self._need("embed images (it has no image encoder)", self.task.encoder is not None)
+        self._need_head_option(apply_head)
         return self.task.encoder.apply({"params": params["encoder"]}, images, train=False)
+
+    def _need_head_option(self, apply_head: bool) -> None:
+        """apply_head=False only means something for an encoder with a separate projection head (ResNet)."""
+        if not apply_head and "apply_head" not in inspect.signature(type(self.task.encoder).__call__).parameters:
+            raise ValueError(
+                f"apply_head=False: this model's image encoder ({type(self.task.encoder).__name__}) has no separate "
+                "head (its anchor heads are part of the network); its only output is the anchor, apply_head=True."
+            )
 
     def latents(self, params, images, *, key, context=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder + forward flow: latents [B, Dz] of `images`, zoned together with `context` images."""
@@ -207,11 +220,16 @@ class LZN:
     def interpolate(self, params, a, b, steps: int, *, key, context=None, sampler: str = "euler") -> jax.Array:
         """Images along the spherical path between the latents of image a and image b: [steps, H, W, C].
 
-        a, b: single images [H, W, C] (or [1, H, W, C]). Every point is decoded from the same initial noise, so
+        a, b: single images [H, W, C] (or [1, H, W, C]). steps: a Python int >= 2 (static under jit). Every point is decoded from the same initial noise, so
         the images change only with the latent (and, for a conditional model, the label read from it).
         context: other images [N, H, W, C] zoned with a and b. Pass a batch like the training batches: alone, the
         two images split the latent space in halves, and their latents say little about them.
         """
+        if isinstance(steps, jax.core.Tracer):
+            raise TypeError(
+                "`steps` sets the output's shape, so it must be a Python int, not traced: under jit mark it static, "
+                'jax.jit(lzn.interpolate, static_argnames="steps").'
+            )
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 2:
             raise ValueError(f"`steps` must be an int, at least 2 (the two ends); got {steps!r}.")
         pair = jnp.concatenate([self._single_image(a, "a"), self._single_image(b, "b")])
@@ -234,23 +252,58 @@ def slerp(a: jax.Array, b: jax.Array, fractions: jax.Array) -> jax.Array:
     return jnp.where(so > 1e-6, spherical, linear)
 
 
-def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.ConfigDict] = None):
+def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.ConfigDict] = None, mesh=None):
     """(LZN, params) from a workdir written by lzn_jax.main (its config.json and newest checkpoint).
 
     Also loads a directory written by `python -m lzn_jax.convert` when `config` (the config it was converted
     for) is given. use_ema: the EMA params (what the paper evaluates) or the raw ones.
+
+    The params are plain arrays that work in every transform, eager or jitted, whatever mesh trained them:
+    on the default device, or with `mesh` (e.g. `jax.make_mesh((8,), ("data",))`) replicated over its devices,
+    so that images sharded over that mesh are encoded where they lie. The mesh's axes are used as
+    `AxisType.Auto` (sharding propagated by the compiler), so no `jax.set_mesh` is needed around the calls.
     """
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"The directory {workdir!r} does not exist: pass the --workdir of a training run "
+                                "(or the --out of lzn_jax.convert, with its config).")  # fmt: skip
     if config is None:
         path = os.path.join(workdir, "config.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} does not exist: pass the config the checkpoint was made with.")
+            raise FileNotFoundError(f"{workdir!r} has no config.json (it is not a --workdir of lzn_jax.main): pass "
+                                    "the config the checkpoint was made with, api.load(directory, config=...).")  # fmt: skip
         with open(path, encoding="utf-8") as f:
             config = ml_collections.ConfigDict(json.load(f))
     lzn = LZN.from_config(config)
-    optimizer = optim.make_optimizer(config.optim, lzn.task.modules)
-    init = train_state.init_fn(lzn.task, optimizer, batch_spec(config, 2))
-    abstract_items = jax.eval_shape(lambda key: init(key).to_items(), jax.random.key(0))
+    abstract = jax.eval_shape(lzn.task.init, jax.random.key(0), data.batch_spec(config.data, 2))
+    sharding = _params_sharding(mesh)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
     directory = os.path.join(workdir, "checkpoints")
     directory = directory if os.path.isdir(directory) else workdir
-    items = checkpoint.restore_params(directory, abstract_items)
+    with _quiet_orbax():
+        items = checkpoint.restore_params(directory, {"params": target, "ema_params": target})
     return lzn, items["ema_params" if use_ema else "params"]
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """A read-only CheckpointManager warns three times that it is read-only (via absl): not news to a reader."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _params_sharding(mesh) -> jax.sharding.Sharding:
+    """Where loaded params live: the default device, or replicated over `mesh` with Auto (not Explicit) axes.
+
+    Explicit axes (the train mesh) would put an AbstractMesh into every eager vmap/grad over the params, which
+    then fails with "Passing lowering_platforms ... is required when only AbstractMesh exists".
+    """
+    if mesh is None:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+    return jax.sharding.NamedSharding(jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto),
+                                      jax.sharding.PartitionSpec())  # fmt: skip

@@ -23,11 +23,15 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train and evaluate
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Libraries whose INFO lines are chatter in a run's log (every checkpoint step, TFDS reads, GCS auth, HTTP).
+_QUIET = ("/orbax/", "/tensorflow", "/etils/", "/google/auth/", "/google/cloud/", "/urllib3/", "/gcsfs/", "/fsspec/")
+
+
 class _QuietLibraries(logging.Filter):
-    """Orbax and TensorFlow log every checkpoint step at INFO; keep their warnings and errors only."""
+    """Orbax, TensorFlow/TFDS and the GCS clients log at INFO all the time; keep their warnings and errors only."""
 
     def filter(self, record):
-        return record.levelno >= logging.WARNING or not any(lib in record.pathname for lib in ("/orbax/", "/tensorflow"))
+        return record.levelno >= logging.WARNING or not any(lib in record.pathname for lib in _QUIET)
 
 
 def main(argv):
@@ -59,12 +63,44 @@ def _config_arg(argv) -> Optional[str]:
 
 
 def _config_root_on_path(argv) -> None:
-    """Config files import shared pieces as `configs.<module>`: put the folder above `configs/` on sys.path."""
-    path = _config_arg(argv)
-    if path:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":")[0])))
-        if root not in sys.path:
-            sys.path.insert(0, root)
+    """Finds the --config file and puts the folder above its `configs/` on sys.path (configs import `configs.common`).
+
+    `--config=configs/<name>.py` that does not exist where the command runs names the configs shipped with
+    lzn_jax (`configs_folder()`): the README's commands work from
+    any directory after `pip install`. argv is rewritten to that file.
+    """
+    value = _config_arg(argv)
+    if not value:
+        return
+    path, _, arg = value.partition(":")
+    shipped = shipped_config(path)
+    if shipped is not None:
+        argv[:] = [a.replace(value, shipped + (":" + arg if arg else ""), 1) if value in a else a for a in argv]
+        path = shipped
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def shipped_config(path: str) -> Optional[str]:
+    """The shipped copy of `configs/<name>.py` when `path` names one that does not exist here; else None."""
+    folder, name = os.path.split(os.path.normpath(path))
+    shipped = configs_folder()
+    if os.path.exists(path) or folder != "configs" or shipped is None or not os.path.isfile(os.path.join(shipped, name)):
+        return None
+    return os.path.join(shipped, name)
+
+
+def configs_folder() -> Optional[str]:
+    """The config files shipped with this lzn_jax: lzn_jax/shipped/configs when installed, or the checkout's configs/.
+
+    Its parent goes on sys.path for `from configs import ...` (what config files and notebooks do).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(here, "shipped", "configs"), os.path.join(os.path.dirname(here), "configs")):
+        if os.path.isfile(os.path.join(folder, "common.py")):
+            return folder
+    return None
 
 
 def _parse_flags(argv):
@@ -97,9 +133,13 @@ def _unknown_override(argv) -> Optional[str]:
 
 
 def run():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines (not its warnings)
     _config_root_on_path(sys.argv)
     try:
         app.run(main, flags_parser=_parse_flags)
+    except train.Interrupted as stopped:  # SIGTERM / Ctrl-C: a checkpoint is saved; one line says how to resume
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
     except (
         ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps, checkpoint.CheckpointRestoreError
     ) as error:

@@ -13,6 +13,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 
 import jax
@@ -56,15 +59,6 @@ def check_workdir(workdir: str) -> None:
         raise PermissionError(f"--workdir={workdir!r} is not writable ({error}); choose a directory you can write to.") from error
 
 
-def batch_spec(config, batch_size: int) -> dict:
-    """{key: ShapeDtypeStruct} of a batch, from the data config (no data is read)."""
-    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
-    spec = {"image": jax.ShapeDtypeStruct(shape, jnp.float32), "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32)}
-    if config.data.num_views == 2:
-        spec["image2"] = spec["image"]
-    return spec
-
-
 @dataclasses.dataclass
 class Built:
     """The system a config describes, shapes only: nothing is allocated or computed yet.
@@ -87,7 +81,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
     """Task, optimizer, init function, abstract state and its shardings for `config` on `mesh` (no compute)."""
     task = tasks.build(config)
     optimizer = optim.make_optimizer(config.optim, task.modules)
-    init = train_state.init_fn(task, optimizer, batch_spec(config, 2), fsdp=config.mesh.fsdp)
+    init = train_state.init_fn(task, optimizer, data.batch_spec(config.data, 2), fsdp=config.mesh.fsdp)
     abstract_state = jax.eval_shape(init, jax.random.key(config.seed))
     shardings = train_state.state_shardings(abstract_state, mesh, config.mesh.fsdp)
     return Built(task, optimizer, init, abstract_state, shardings)
@@ -207,13 +201,20 @@ def _run_evals(run: Run, evals, state, step: int) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
-    """Trains `config.num_train_steps` steps (resuming if workdir has checkpoints) and runs the evaluators."""
-    run = setup(config, workdir)
+    """Trains `config.num_train_steps` steps (resuming if workdir has checkpoints) and runs the evaluators.
+
+    SIGTERM (preemption) or SIGINT (Ctrl-C) stops the run after the current step with a checkpoint of that step
+    and raises `Interrupted`; the same command resumes from it.
+    """
+    with StopSignals() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals") -> train_state.TrainState:
+    run = _phase("Setting up the mesh, model, state and checkpoints", lambda: setup(config, workdir))
     _write_config(config, workdir)
+    _write_parameter_table(run)
     writer = writers.create(workdir)
-    if run.start_step == 0:
-        parameter_overview.log_parameter_overview(run.state.params)
-    step_fn = train_state.make_train_step(run.task, run.optimizer, config, run.mesh, run.shardings)
     batches = data.train_iterator(
         config.data, batch_size=config.batch_size, seed=config.seed, start_step=run.start_step,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -221,17 +222,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     evals = _evaluators(run, writer)
     report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
     skip_check_every = max(1, min(config.log_every_steps, config.max_consecutive_skips))
-    state, averager = run.state, _MetricAverager()
+    state, averager, step_fn = run.state, _MetricAverager(), None  # step_fn: compiled for the first batch
     with jax.set_mesh(run.mesh), _saves_completed(run.manager):
         for step in range(run.start_step + 1, config.num_train_steps + 1):
-            state, metrics = step_fn(state, parallel.global_batch(next(batches), run.mesh))
+            batch = parallel.global_batch(next(batches), run.mesh)
+            if step_fn is None:
+                step_fn = _compiled_train_step(run, state, batch)
+            state, metrics = step_fn(state, batch)
             averager.add(metrics)
             report(step)
             if step % skip_check_every == 0 and int(state.consecutive_skips) >= config.max_consecutive_skips:
                 _save(run, state, step)
                 raise TooManySkippedSteps(
-                    f"{int(state.consecutive_skips)} consecutive steps had a non-finite loss or gradient (step {step}); "
-                    f"the last good state is saved in {run.manager.directory}. Lower the learning rates or check the data."
+                    f"{int(state.consecutive_skips)} consecutive steps had a non-finite loss or gradient (step "
+                    f"{step}); the last good state is saved in {run.manager.directory}. Lower the learning rates "
+                    "or check the data."
                 )
             final = step == config.num_train_steps
             scalars = {}
@@ -246,8 +251,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                 writer.write_scalars(step, scalars)
             if step % config.checkpoint_every_steps == 0 or final:
                 _save(run, state, step)
+            if not final and stop.reached(run.manager, step):
+                _save(run, state, step)
+                writer.flush()
+                raise Interrupted(stop.message(step, run.manager.directory), stop.signal_number or signal.SIGTERM)
     writer.flush()
     return state
+
+
+class Interrupted(RuntimeError):
+    """The run stopped on SIGTERM/SIGINT after saving a checkpoint; `exit_code` is 128 + the signal's number."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the loop to stop after the current step; a second one exits at once.
+
+    A preemption notice (SIGTERM from Cloud TPU, GKE, SLURM) or Ctrl-C must not lose the steps since the last
+    checkpoint, and must not be swallowed: a KeyboardInterrupt raised inside a compile or a gc callback is
+    printed as "Exception ignored" and training runs on. A flag is checked between steps instead.
+
+    With several processes, every host must save at the same step, and a flag set on one host is not seen by
+    the others. SIGTERM is then left to JAX's preemption service (`jax.distributed` starts it and owns the
+    signal), which agrees on one step for all hosts: `CheckpointManager.reached_preemption`
+    (multihost_utils.reached_preemption_sync_point), asked every step. Ctrl-C keeps its default there.
+    """
+
+    def __init__(self):
+        self.signal_number = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        # Handlers can only be set from the main thread (a notebook or test may train from another one).
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number, frame) -> None:
+        name = signal.Signals(number).name
+        if self.signal_number is not None:
+            print(f"{name} again: exiting at once, without a checkpoint of the current step.", file=sys.stderr, flush=True)
+            os._exit(128 + number)
+        self.signal_number = number
+        logging.warning("%s received: stopping after the current step with a checkpoint (send it again to exit at "
+                        "once).", name)  # fmt: skip
+
+    def reached(self, manager, step: int) -> bool:
+        """Whether to stop after `step`: on a local signal, or at the step every host agreed on after a SIGTERM."""
+        if jax.process_count() > 1:
+            return manager.reached_preemption(step)
+        return self.signal_number is not None
+
+    def message(self, step: int, directory) -> str:
+        name = signal.Signals(self.signal_number).name if self.signal_number else "preemption notice"
+        return (f"Stopped by {name} after step {step}, saved to {directory}; run the same command again to resume "
+                f"from step {step}.")  # fmt: skip
+
+
+def _phase(what: str, fn):
+    """Runs fn() between two log lines, "<what> …" and "<what>: done in X s"."""
+    logging.info("%s …", what)
+    start = time.perf_counter()
+    result = fn()
+    logging.info("%s: done in %.1f s.", what, time.perf_counter() - start)
+    return result
+
+
+def _compiled_train_step(run: Run, state, batch):
+    """The train step compiled ahead of time for `batch`'s shapes, so the log shows the compile as its own phase."""
+    step_fn = train_state.make_train_step(run.task, run.optimizer, run.config, run.mesh, run.shardings)
+    return _phase("Compiling the train step", lambda: step_fn.lower(state, batch).compile())
+
+
+def _write_parameter_table(run: Run) -> None:
+    """The per-array parameter table goes to workdir/parameters.txt; the log gets one line of totals."""
+    params = run.state.params
+    count = parameter_overview.count_parameters(params)
+    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
+    path = os.path.join(run.workdir, "parameters.txt")
+    if jax.process_index() == 0:
+        writers.write_text(path, parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
+    per_module = ", ".join(f"{m} {parameter_overview.count_parameters(p):,}" for m, p in params.items())
+    logging.info("Parameters: %s (%.1f MiB; %s); the table is in %s.", f"{count:,}", size / 2**20, per_module, path)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,8 @@
 """The public inference API: compositions of the encoders and decoders, their input checks, and loading."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,5 +126,28 @@ def test_load_a_workdir_written_by_training(tmp_path):
     _, raw = api.load(str(tmp_path), use_ema=False)
     jax.tree.map(np.testing.assert_array_equal, raw, state.params)
     assert lzn.classify(params, jnp.zeros((3, 8, 8, 1)), key=jax.random.key(0)).shape == (3,)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="'.*nowhere' does not exist"):
         api.load(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="has no config.json .* api.load.directory, config="):
+        api.load(str(tmp_path / "checkpoints"))
+
+
+def test_embed_without_head_is_refused_for_an_encoder_that_has_no_separate_head(model, images):
+    """NCSN++ encoders end in anchor heads: apply_head=False once returned the anchors silently."""
+    lzn, params = model
+    with pytest.raises(ValueError, match=r"apply_head=False: this model's image encoder \(NCSNPPEncoder"):
+        lzn.embed(params, images, apply_head=False)
+
+
+def test_interpolate_under_jit_asks_for_static_steps(model, images):
+    lzn, params = model
+    with pytest.raises(TypeError, match='static_argnames="steps"'):
+        jax.jit(lzn.interpolate)(params, images[0], images[1], 3, key=jax.random.key(0))
+
+
+def test_importing_the_api_pulls_in_no_training_code():
+    """Inference apart from training: api.load once imported train, train_state and optim for the params' shapes."""
+    script = "import sys, lzn_jax.api; print(' '.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split())
+    assert "lzn_jax.api" in loaded
+    assert not loaded & {"lzn_jax.train", "lzn_jax.train_state", "lzn_jax.optim", "optax", "clu", "tensorflow"}

@@ -95,3 +95,14 @@ def test_missing_or_empty_folders_fail_with_what_to_do(root, tmp_path):
         data.eval_iterator(folder_cfg(str(tmp_path)), split="test", batch_size=2)
     with pytest.raises(ValueError, match="needs data.data_dir"):
         data.num_examples(folder_cfg(""), "train")
+
+
+@pytest.mark.parametrize("name", ["gen_afhq_cat", "gen_celebahq", "gen_lsun_bedroom"])
+def test_the_256px_paper_configs_require_their_image_folder_before_any_network_access(name):
+    """They once defaulted to gs://BUCKET/… placeholders: a first try printed Google authentication failures."""
+    from support import load_config
+
+    config = load_config(name)
+    assert config.data.data_dir == ""
+    with pytest.raises(ValueError, match=r"needs data.data_dir.*set --config.data.data_dir=/path/to/images"):
+        data.num_examples(config.data, "train")

@@ -128,9 +128,11 @@ def test_wrong_num_classes_and_split_are_reported(mocked):
         data.eval_iterator(cifar_cfg(mocked, test_split="validation"), split="test", batch_size=8)
 
 
-def test_unprepared_cifar10_says_how_to_build_it(tmp_path):
+def test_unprepared_cifar10_says_how_to_build_it(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match=f"tfds build cifar10 --data_dir={tmp_path}"):
         data.train_iterator(cifar_cfg(str(tmp_path)), batch_size=8, seed=0)
+    # The error is the first thing a user reads, not TFDS's "Variant folder ... has no dataset_info.json".
+    assert "dataset_info.json" not in caplog.text
 
 
 def test_unprepared_imagenet_says_where_the_manual_download_goes(tmp_path):

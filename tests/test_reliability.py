@@ -183,6 +183,53 @@ def test_sigkill_at_any_moment_then_the_same_command_ends_exactly_like_an_uninte
     assert got_metrics == expected_metrics  # every logged window, before and after each resume
 
 
+def stop_while_compiling(env, workdir, log_path, signal_number) -> tuple[int, str]:
+    """Starts the command, sends `signal_number` once it logs the train step's compile; (step saved, output)."""
+    run = Process(env, cli(workdir), log_path)
+    run.wait_until(lambda: "Compiling the train step" in run.output(), "the train step was being compiled")
+    run.proc.send_signal(signal_number)
+    assert run.wait() == 128 + signal_number, run.output()[-4000:]
+    output = run.output()
+    stopped = complete_steps(workdir)[-1]
+    name = signal.Signals(signal_number).name
+    assert f"Stopped by {name} after step {stopped}, saved to " in output, output[-4000:]
+    assert f"run the same command again to resume from step {stopped}" in output
+    assert "Traceback" not in output and "Exception ignored" not in output
+    assert int(saved_items(workdir, stopped)["meta"]["step"]) == stopped
+    return stopped, output
+
+
+@pytest.mark.slow
+def test_sigint_during_the_first_compile_and_sigterm_stop_at_a_checkpoint_and_resume_bit_identically(
+    env, reference, tmp_path
+):
+    """Ctrl-C during the first compile was swallowed ("Exception ignored in _xla_gc_callback") and training ran on;
+    SIGTERM (a preemption notice) exited without a checkpoint, and the next run started again at step 0."""
+    workdir = tmp_path / "interrupted"
+    first, _ = stop_while_compiling(env, workdir, tmp_path / "run1.log", signal.SIGINT)
+    assert 1 <= first < STEPS
+    second, output = stop_while_compiling(env, workdir, tmp_path / "run2.log", signal.SIGTERM)
+    assert resumed_at(output) == first and first < second < STEPS
+    run = Process(env, cli(workdir), tmp_path / "run3.log")
+    run.finish()
+    assert resumed_at(run.output()) == second
+    expected, got = saved_items(reference, STEPS), saved_items(workdir, STEPS)
+    for item in checkpoint.ITEMS:
+        assert_same_arrays(got[item], expected[item], item)
+
+
+@pytest.mark.slow
+def test_the_log_has_one_line_per_phase_and_the_parameter_table_goes_to_the_workdir(reference):
+    """The first minutes once showed a ~360-line parameter table and then nothing during a long compile."""
+    output = pathlib.Path(f"{reference}.log").read_text()
+    for phase in ("Setting up the mesh, model, state and checkpoints", "Compiling the train step"):
+        assert f"{phase} …" in output and re.search(f"{phase}: done in [0-9.]+ s", output), phase
+    assert re.search(r"Parameters: [0-9,]+ \([0-9.]+ MiB; [a-z_]+ [0-9,]+.*\); the table is in .*parameters.txt", output)
+    table = (reference / "parameters.txt").read_text()
+    assert "| Name" in table and "encoder/" in table
+    assert "| Name" not in output and "dataset_info.json" not in output
+
+
 @pytest.mark.slow
 def test_the_same_config_and_seed_give_bit_identical_metrics(env, reference, tmp_path):
     again = tmp_path / "again"

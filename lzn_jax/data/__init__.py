@@ -5,6 +5,7 @@ Public API (every function takes the `config.data` ConfigDict built from `defaul
                     yields exactly the batches an uninterrupted run yields from step k on.
   `eval_iterator`   one pass over a split, no augmentation, last batch padded, boolean `"mask"`.
   `load_arrays`     a whole split as two numpy arrays (small datasets: linear probes, notebooks).
+  `batch_spec`      the shapes and dtypes of a batch (its keys are defined here), without reading data.
   `num_examples`, `num_classes`, `image_shape`, `steps_per_epoch`.
 
 `batch_size` is always the global batch size; each of `process_count` hosts gets `batch_size // process_count`.
@@ -132,6 +133,20 @@ def load_arrays(data_cfg: ml_collections.ConfigDict, split: str) -> tuple[np.nda
         images.append(batch["image"][batch["mask"]])
         labels.append(batch["label"][batch["mask"]])
     return np.concatenate(images), np.concatenate(labels)
+
+
+def batch_spec(data_cfg: ml_collections.ConfigDict, batch_size: int) -> dict:
+    """{key: jax.ShapeDtypeStruct} of a batch as `train_iterator` yields it, from the config alone (no data read).
+
+    "image" [B, H, W, C] float32, "label" [B] int32, and "image2" (the second view) when data.num_views = 2.
+    """
+    import jax  # deferred like TensorFlow: config files import this package for `default_config`
+
+    shape = (batch_size, data_cfg.image_size, data_cfg.image_size, data_cfg.num_channels)
+    spec = {"image": jax.ShapeDtypeStruct(shape, np.float32), "label": jax.ShapeDtypeStruct(shape[:1], np.int32)}
+    if data_cfg.num_views == 2:
+        spec["image2"] = spec["image"]
+    return spec
 
 
 def num_examples(data_cfg: ml_collections.ConfigDict, split: str) -> int:

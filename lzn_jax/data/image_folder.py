@@ -48,7 +48,11 @@ def class_name(path: str) -> str:
 class ImageFolderSource(IndexedSource):
     def __init__(self, cfg: ml_collections.ConfigDict):
         if not cfg.data_dir:
-            raise ValueError("data.source='image_folder' needs data.data_dir, the folder that holds the images.")
+            raise ValueError(
+                f"data.source='image_folder' needs data.data_dir, the folder that holds the {cfg.name!r} images: set "
+                f"--config.data.data_dir=/path/to/images (local or gs://), with the splits in its sub-folders "
+                f"data.train_split={cfg.train_split!r} and data.test_split={cfg.test_split!r} ('' = the folder itself)."
+            )
         self._files = {split: np.array(_listed_folder(cfg, split)) for split in _SPLIT_KEYS}
         names = sorted({class_name(path) for path in self._files["train"]})
         self.num_classes = len(names)

@@ -6,6 +6,8 @@ the examples through a `data.shuffle_buffer`, both seeded by (seed, epoch). Imag
 that, so resuming mid-epoch skips records without decoding them (it still reads them: up to one epoch of bytes).
 """
 
+import contextlib
+import logging
 import textwrap
 
 import ml_collections
@@ -23,15 +25,32 @@ def build(cfg: ml_collections.ConfigDict) -> "TfdsSource":
 
 def prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """The builder of `name` in `data_dir` ("" = TFDS's default); raises if it is unknown or not prepared."""
-    try:
-        builder = tfds.builder(name, data_dir=data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(
-            f"data.name={name!r} is not a TFDS dataset; see https://www.tensorflow.org/datasets/catalog."
-        ) from None
-    if not builder.is_prepared():
-        raise FileNotFoundError(_not_prepared_message(builder, name))
+    with _without_missing_info_warning():
+        try:
+            builder = tfds.builder(name, data_dir=data_dir or None)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"data.name={name!r} is not a TFDS dataset; see https://www.tensorflow.org/datasets/catalog."
+            ) from None
+        if not builder.is_prepared():
+            raise FileNotFoundError(_not_prepared_message(builder, name))
     return builder
+
+
+class _MissingInfoFilter(logging.Filter):
+    def filter(self, record):
+        return "dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_missing_info_warning():
+    """tfds.builder warns "... has no dataset_info.json" for a dataset that is not prepared; our error says more."""
+    logger, quiet = logging.getLogger("absl"), _MissingInfoFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class TfdsSource(Source):

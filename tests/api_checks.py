@@ -1,0 +1,90 @@
+"""Every public method of `api.LZN`, eagerly and under jit, vmap and grad, on params from `api.load`.
+
+Shared by tests/test_api_transforms.py (one device) and tests/multidevice/test_api_sharded.py (an 8-device mesh).
+The params come from a real short training run (`train.train_and_evaluate`), so they are what users load: arrays
+restored by Orbax from a run on the explicit-axes train mesh. Such params once failed every eager vmap and grad
+with "Passing lowering_platforms ... is required when only AbstractMesh exists".
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lzn_jax import configlib, train
+
+TRAIN_STEPS = 2
+
+
+def short_run_config(config):
+    """`config` trained for TRAIN_STEPS steps with a checkpoint at the end and no evaluator."""
+    config = configlib.override(config, num_train_steps=TRAIN_STEPS, checkpoint_every_steps=TRAIN_STEPS,
+                                log_every_steps=TRAIN_STEPS)  # fmt: skip
+    for spec in config.evals.values():
+        spec.every_steps = -1
+    return config
+
+
+def train_short_run(config, workdir) -> None:
+    """The road `python -m lzn_jax.main` takes: train.train_and_evaluate into `workdir`."""
+    train.train_and_evaluate(short_run_config(config), str(workdir))
+
+
+def _close(a, b, what, tol=1e-3):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol, err_msg=what)
+
+
+def _finite_grads(tree, what):
+    leaves = jax.tree.leaves(tree)
+    assert leaves and all(np.all(np.isfinite(np.asarray(g))) for g in leaves), f"{what}: non-finite gradient"
+    assert any(np.any(np.asarray(g) != 0) for g in leaves), f"{what}: all-zero gradient"
+
+
+def check_every_method(lzn, params, images):
+    """images [B, H, W, C] in [-1, 1] (possibly sharded): every method x {eager, jit, vmap over keys, grad}."""
+    key = jax.random.key(0)
+    keys = jax.random.split(key, 2)
+    labels = jnp.arange(images.shape[0]) % lzn.task.num_classes
+
+    # embed: images -> anchors
+    eager = lzn.embed(params, images)
+    _close(jax.jit(lzn.embed)(params, images), eager, "jit(embed)")
+    _close(jax.vmap(lzn.embed, in_axes=(None, 0))(params, images[None]), eager[None], "vmap(embed)")
+    _finite_grads(jax.grad(lambda p: lzn.embed(p, images).sum())(params), "grad(embed) wrt params")
+    _finite_grads(jax.grad(lambda x: lzn.embed(params, x).sum())(images), "grad(embed) wrt images")
+
+    # latents: images -> zones
+    eager = lzn.latents(params, images, key=key)
+    _close(jax.jit(lambda p, x, k: lzn.latents(p, x, key=k))(params, images, key), eager, "jit(latents)")
+    per_key = jax.vmap(lambda k: lzn.latents(params, images, key=k))(keys)
+    _close(per_key[0], lzn.latents(params, images, key=keys[0]), "vmap(latents) over keys")
+    _finite_grads(jax.grad(lambda x: lzn.latents(params, x, key=key).sum())(images), "grad(latents) wrt images")
+    _finite_grads(jax.grad(lambda p: lzn.latents(p, images, key=key).sum())(params), "grad(latents) wrt params")
+
+    # classify: images -> labels (integers: no gradient)
+    eager = lzn.classify(params, images, key=key)
+    np.testing.assert_array_equal(jax.jit(lambda p, x, k: lzn.classify(p, x, key=k))(params, images, key), eager)
+    per_key = jax.vmap(lambda k: lzn.classify(params, images, key=k))(keys)
+    np.testing.assert_array_equal(per_key[0], lzn.classify(params, images, key=keys[0]))
+
+    # generate: labels -> images
+    eager = lzn.generate(params, key, labels=labels[:2])
+    _close(jax.jit(lambda p, k, y: lzn.generate(p, k, labels=y))(params, key, labels[:2]), eager, "jit(generate)")
+    per_key = jax.vmap(lambda k: lzn.generate(params, k, labels=labels[:2]))(keys)
+    _close(per_key[0], lzn.generate(params, keys[0], labels=labels[:2]), "vmap(generate) over keys")
+    _finite_grads(jax.grad(lambda p: lzn.generate(p, key, labels=labels[:2]).sum())(params), "grad(generate)")
+
+    # reconstruct: images -> latent -> noise -> images
+    eager = lzn.reconstruct(params, images, key=key)
+    _close(jax.jit(lambda p, x, k: lzn.reconstruct(p, x, key=k))(params, images, key), eager, "jit(reconstruct)")
+    per_key = jax.vmap(lambda k: lzn.reconstruct(params, images, key=k))(keys)
+    _close(per_key[1], lzn.reconstruct(params, images, key=keys[1]), "vmap(reconstruct) over keys")
+    _finite_grads(jax.grad(lambda x: lzn.reconstruct(params, x, key=key).sum())(images), "grad(reconstruct)")
+
+    # interpolate: two images -> a path of images; `steps` is static under jit
+    eager = lzn.interpolate(params, images[0], images[1], 3, key=key, context=images[2:])
+    jitted = jax.jit(lzn.interpolate, static_argnames="steps")
+    _close(jitted(params, images[0], images[1], 3, key=key, context=images[2:]), eager, "jit(interpolate)")
+    per_key = jax.vmap(lambda k: lzn.interpolate(params, images[0], images[1], 3, key=k))(keys)
+    _close(per_key[0], lzn.interpolate(params, images[0], images[1], 3, key=keys[0]), "vmap(interpolate)")
+    _finite_grads(jax.grad(lambda a: lzn.interpolate(params, a, images[1], 3, key=key).sum())(images[0]),
+                  "grad(interpolate) wrt an end")  # fmt: skip
