@@ -55,6 +55,3 @@ def pytest_ignore_collect(collection_path, config):
         return True
     return None
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: subprocess, multi-process or multi-device runs (> ~20 s); -m 'not slow' skips them")
