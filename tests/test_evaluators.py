@@ -115,20 +115,63 @@ def test_fid_with_inception_weights_from_a_file(joint, tmp_path):
         build("fid", {}, config, task, mesh, str(tmp_path))
 
 
-def test_linear_probe_and_export_on_a_representation_model(tmp_path):
+@pytest.fixture(scope="module")
+def representation():
     config = tiny_config("digits_repr")
     config.encoder.update(dict(depth=18, base_width=32, small_images=True))
     config.latent_dim = 64
     task, params = init(config)
-    mesh = parallel.make_mesh(-1)
-    probe = build("linear_probe", dict(num_epochs=2, batch_size=64, modes=("no_head", "head")), config, task, mesh)
+    return config, task, params, parallel.make_mesh(-1)
+
+
+def test_frozen_linear_probe_and_export_on_a_representation_model(representation, tmp_path):
+    config, task, params, mesh = representation
+    spec = dict(protocol="frozen", num_epochs=2, batch_size=64, modes=("no_head", "head"), include_pixels=True)
+    probe = build("linear_probe", spec, config, task, mesh)
     export = build("export", dict(split="test"), config, task, mesh, str(tmp_path))
     with jax.set_mesh(mesh):
         results = dict(probe.run(params, 0))
         exported = dict(export.run(params, 5))
-    assert {"eval/linear_probe_accuracy", "eval/linear_probe_accuracy_head", "eval/linear_probe_accuracy_pixels"} <= set(results)
+    names = {"eval/linear_probe_frozen_accuracy", "eval/linear_probe_frozen_accuracy_head",
+             "eval/linear_probe_frozen_accuracy_pixels"}  # fmt: skip
+    assert names <= set(results) and not any(k.startswith("eval/linear_probe_accuracy") for k in results)
     assert all(0.0 <= results[k] <= 1.0 for k in results if "accuracy" in k)
     assert exported["eval/exported_embeddings"] == 360.0
     files = sorted(os.listdir(tmp_path / "embeddings"))
     features = np.load(tmp_path / "embeddings" / [f for f in files if not f.endswith("_labels.npy")][0])
     assert features.shape == (360, 256)  # ResNet-18 at base width 32: 8·32 pooled features (no head)
+    assert export.host_memory_bytes() >= 360 * 256 * 4
+
+
+def test_augmented_linear_probe_streams_fresh_views_under_the_paper_metric_name(representation):
+    """The default protocol (the paper's) names its metric eval/linear_probe_accuracy and reads the train split
+    through the augmented training pipeline, one epoch of steps_per_epoch minibatches per probe epoch."""
+    config, task, params, mesh = representation
+    probe = build("linear_probe", dict(num_epochs=2, batch_size=256, include_pixels=True), config, task, mesh)
+    assert probe.protocol == "augmented" and probe.steps_per_epoch == 1437 // 256
+    seen = []
+    stream = probe._train_stream
+    probe._train_stream = lambda p, fns: (seen.append(1) or item for item in stream(p, fns))
+    with jax.set_mesh(mesh):
+        results = dict(probe.run(params, 0))
+    assert set(results) == {f"eval/linear_probe_{kind}{suffix}" for kind in ("accuracy", "train_accuracy")
+                            for suffix in ("", "_pixels")}  # fmt: skip
+    assert all(0.0 <= v <= 1.0 for v in results.values())
+    assert len(seen) == 2 * (1437 // 256)
+
+
+def test_linear_probe_host_memory_grows_with_the_data_only_in_the_frozen_protocol(representation):
+    config, task, _, mesh = representation
+    small = config.copy_and_resolve_references()
+    small.data.digits_test_fraction = 0.5  # 898 train + 899 test instead of 1437 + 360: same total, other split
+    small.data.num_classes = 10
+    big = config.copy_and_resolve_references()
+    big.data.image_size = 32  # 4x the pixels
+    spec = dict(protocol="augmented", batch_size=64)
+    assert build("linear_probe", spec, small, task, mesh).host_memory_bytes() == build(
+        "linear_probe", spec, config, task, mesh).host_memory_bytes()  # fmt: skip
+    frozen = dict(protocol="frozen", batch_size=64, include_pixels=True)
+    assert build("linear_probe", frozen, big, task, mesh).host_memory_bytes() > build(
+        "linear_probe", frozen, config, task, mesh).host_memory_bytes()  # fmt: skip
+    with pytest.raises(ValueError, match="protocol='augmented'"):
+        build("linear_probe", {**frozen, "max_host_bytes": 1000}, config, task, mesh)
