@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from support import load_config
 
-from lzn_jax import evaluators, parallel, tasks
-from lzn_jax.evaluators import inception
+from lzn_jax import data, evaluators, parallel, tasks
+from lzn_jax.evaluators import common, inception
 
 TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
 
@@ -73,6 +73,48 @@ def test_class_accuracy_names_and_padding_rows_change_no_prediction(joint):
         assert not np.allclose(other[:5], task.image_latents(params, x[:5], zeros[:5]))
 
 
+def test_class_accuracy_mixtures_are_consecutive_runs_of_the_seed0_torch_permutation(joint):
+    """As the official sampler: batch i of a split holds examples perm[i·B : (i+1)·B] of torch.randperm(N) seeded
+    with 0; shuffle_seed=None reads the split in its own order. A mixture formed in file order (the bug this
+    guards against) puts other images together, and so other latents."""
+    config, task, params, mesh = joint
+    images, labels = data.load_arrays(config.data, "test")
+    order = common.torch_randperm(len(labels), 0)
+    shuffled = build("class_accuracy", dict(splits=("test",), batch_size=64), config, task, mesh)
+    plain = build("class_accuracy", dict(splits=("test",), batch_size=64, shuffle_seed=None), config, task, mesh)
+    with jax.set_mesh(mesh):
+        batches = [{k: np.asarray(v) for k, v in b.items()} for b in shuffled.batches("test")]
+        first_plain = {k: np.asarray(v) for k, v in next(iter(plain.batches("test"))).items()}
+    assert len(batches) == -(-len(labels) // 64)
+    rows = np.concatenate([b["image"][b["mask"]] for b in batches])
+    np.testing.assert_array_equal(rows, images[order])
+    np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]), labels[order])
+    np.testing.assert_array_equal(first_plain["image"], images[:64])
+
+
+def test_ordered_split_buffers_at_most_max_host_bytes_and_yields_the_same_batches(joint):
+    config = joint[0]
+    order = common.torch_randperm(360, 0)
+    one_pass = list(common.ordered_split(config, "test", order, 64))
+    row_bytes = common.image_bytes(config)
+    passes = []
+    reads = data.eval_iterator
+
+    def counting_reads(*args, **kwargs):
+        passes.append(1)
+        return reads(*args, **kwargs)
+
+    data.eval_iterator = counting_reads
+    try:
+        several = list(common.ordered_split(config, "test", order, 64, max_host_bytes=128 * row_bytes))
+    finally:
+        data.eval_iterator = reads
+    assert len(passes) == 3  # 128 rows a pass: 360 rows in 3 passes
+    for a, b in zip(one_pass, several, strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_samples_write_one_png_per_sampler(joint, tmp_path):
     config, task, params, mesh = joint
     ev = build("samples", dict(samplers=("euler",), per_class=1), config, task, mesh, str(tmp_path))
@@ -105,12 +147,21 @@ def test_fid_with_inception_weights_from_a_file(joint, tmp_path):
     weights = tmp_path / "inception.npz"
     np.savez(weights, **inception.state_dict_from_variables(inception.init_inception_variables(0)))
     spec = dict(inception_weights=str(weights), num_samples=4, batch_size=4, pipelines=("clean",),
-                num_reference_samples=4)  # fmt: skip
+                num_reference_samples=4, samplers=("euler",), metric="fid4")  # fmt: skip
     ev = build("fid", spec, config, task, mesh, str(tmp_path))
+    seen = []
+    features = ev.fid.features
+    ev.fid.features = lambda images, pipeline: seen.append(np.asarray(images)) or features(images, pipeline)
     with jax.set_mesh(mesh):
         results = dict(ev.run(params, 0))
-    assert np.isfinite(results["eval/fid_clean_euler"])
-    assert any(name.startswith("fid_stats_") for name in os.listdir(tmp_path))  # reference statistics cached
+    assert set(results) == {"eval/fid4_clean_euler"} and np.isfinite(results["eval/fid4_clean_euler"])
+    cached = [name for name in os.listdir(tmp_path) if name.startswith("fid_stats_")]
+    assert cached == ["fid_stats_digits_train_clean_8px_n4-torchperm0.npz"]  # the subset's choice is in the key
+    # The reference subset is the first 4 of the official sampler's seed-0 torch.randperm, not the first 4 files.
+    train_images, _ = data.load_arrays(config.data, "train")
+    expected = train_images[common.torch_randperm(len(train_images), 0)[:4]]
+    np.testing.assert_array_equal(seen[0], expected)
+    assert ev.host_memory_bytes() < 2**28  # bounded: 4 reference images, moments, one Inception chunk
     with pytest.raises(ValueError, match="inception_weights"):
         build("fid", {}, config, task, mesh, str(tmp_path))
 
