@@ -226,3 +226,45 @@ def test_linear_probe_host_memory_grows_with_the_data_only_in_the_frozen_protoco
         "linear_probe", frozen, config, task, mesh).host_memory_bytes()  # fmt: skip
     with pytest.raises(ValueError, match="protocol='augmented'"):
         build("linear_probe", {**frozen, "max_host_bytes": 1000}, config, task, mesh)
+
+
+def test_paper_configs_evaluate_with_the_official_protocols():
+    repr_ = load_config("repr_imagenet").evals.linear_probe
+    assert (repr_.protocol, repr_.modes, repr_.include_pixels) == ("augmented", ("no_head",), False)
+    assert (repr_.lr, repr_.weight_decay, repr_.num_epochs, repr_.batch_size) == (3e-4, 0.0, 300, 8192)
+    for name, saved in (("gen_afhq_cat", 5120), ("gen_celebahq", 29_952), ("gen_lsun_bedroom", 29_952)):
+        evals = load_config(name).evals
+        assert (evals.fid.num_samples, evals.fid.num_reference_samples, evals.fid.reference_shuffle_seed) == (1024, 1024, 0)
+        assert (evals.fid50k.num_samples, evals.fid50k.num_reference_samples) == (50_000, 0)
+        assert evals.fid_saved.num_samples == saved
+        assert evals.fid.samplers == ("rk45", "euler") and evals.fid.weights == ("ema", "raw")
+    for name in ("gen_cifar10", "joint_cifar10"):
+        fid = load_config(name).evals.fid
+        assert (fid.num_samples, fid.num_reference_samples, fid.samplers) == (50_000, 0, ("rk45", "euler"))
+    accuracy = load_config("joint_cifar10").evals.class_accuracy
+    assert (accuracy.splits, accuracy.shuffle_seed, accuracy.weights) == (("test", "train"), 0, ("ema", "raw"))
+    assert load_config("joint_cifar10").eval_batch_size == 2000
+
+
+def test_training_loop_runs_an_evaluator_on_each_of_its_weights():
+    """weights=("ema", "raw") runs the evaluator on state.ema_params and on state.params; the names of the weights
+    config.eval_use_ema does not choose get a suffix (so the two never overwrite each other)."""
+    import types
+
+    from lzn_jax import train
+
+    class Probe:
+        name, weights = "probe", ("ema", "raw")
+
+        def run(self, params, step):
+            yield "eval/value", float(params)
+
+    class Plain(Probe):
+        weights = None
+
+    run = types.SimpleNamespace(config=types.SimpleNamespace(eval_use_ema=True))
+    state = types.SimpleNamespace(params=1.0, ema_params=2.0)
+    assert train._run_evals(run, [Probe()], state, 0) == {"eval/value": 2.0, "eval/value_raw": 1.0}
+    assert train._run_evals(run, [Plain()], state, 0) == {"eval/value": 2.0}
+    run.config.eval_use_ema = False
+    assert train._run_evals(run, [Probe()], state, 0) == {"eval/value_ema": 2.0, "eval/value": 1.0}
