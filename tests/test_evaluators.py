@@ -202,7 +202,7 @@ def test_augmented_linear_probe_streams_fresh_views_under_the_paper_metric_name(
     assert probe.protocol == "augmented" and probe.steps_per_epoch == 1437 // 256
     seen = []
     stream = probe._train_stream
-    probe._train_stream = lambda p, fns: (seen.append(1) or item for item in stream(p, fns))
+    probe._train_stream = lambda p, fns, steps: (seen.append(1) or item for item in stream(p, fns, steps))
     with jax.set_mesh(mesh):
         results = dict(probe.run(params, 0))
     assert set(results) == {f"eval/linear_probe_{kind}{suffix}" for kind in ("accuracy", "train_accuracy")
@@ -268,3 +268,17 @@ def test_training_loop_runs_an_evaluator_on_each_of_its_weights():
     assert train._run_evals(run, [Plain()], state, 0) == {"eval/value": 2.0}
     run.config.eval_use_ema = False
     assert train._run_evals(run, [Probe()], state, 0) == {"eval/value_ema": 2.0, "eval/value": 1.0}
+
+
+def test_paper_evaluators_build_and_state_their_host_memory_without_the_data():
+    """The scale rehearsal builds the paper configs' evaluators where ImageNet / CIFAR-10 are absent: building
+    one and asking its host memory reads no data, and the figure does not scale with the dataset."""
+    mesh = parallel.make_mesh(-1)
+    config = load_config("repr_imagenet")
+    config.data.data_dir = "/nonexistent"
+    probe = build("linear_probe", dict(config.evals.linear_probe), config, tasks.build(config), mesh)
+    assert probe.host_memory_bytes() == 3 * 8192 * 224 * 224 * 3 * 4  # three pipeline batches of one host
+    joint = load_config("joint_cifar10")
+    joint.data.data_dir = "/nonexistent"
+    accuracy = build("class_accuracy", dict(joint.evals.class_accuracy), joint, tasks.build(joint), mesh)
+    assert accuracy.host_memory_bytes() <= 2 * 1024**3 + 3 * 2000 * 32 * 32 * 3 * 4

@@ -19,8 +19,9 @@ The official encodes each split twice, with other prior noise for the class-weig
 accuracies use the same latents. The official drops a last partial batch; here it is padded (N % B = 0 for
 CIFAR-10 at B = 2000, so the two agree there).
 
-Host memory per process (`host_memory_bytes`): a shuffled split is buffered by `common.ordered_split`,
-min(N · H·W·C · 4, max_host_bytes) bytes (CIFAR-10 train: 614 MB, one pass); unshuffled, the tf.data batches.
+Host memory per process (`host_memory_bytes`, an upper bound that needs no data): a shuffled split is buffered by
+`common.ordered_split`, min(N · H·W·C · 4, max(max_host_bytes, B · H·W·C · 4)) bytes (CIFAR-10 train: 614 MB, one
+pass), plus the tf.data batches it reads with.
 """
 
 from __future__ import annotations
@@ -65,9 +66,7 @@ class ClassAccuracy:
         pipeline = common.pipeline_bytes(self.config, self.batch_size)
         if self.shuffle_seed is None:
             return pipeline
-        rows = max(data.num_examples(self.config.data, split) for split in self.splits)
-        image = common.image_bytes(self.config)
-        return min(rows * image, max(self.max_host_bytes, self.batch_size * image)) + pipeline
+        return max(self.max_host_bytes, self.batch_size * common.image_bytes(self.config)) + pipeline
 
     def accuracies(self, params, split: str, std: float) -> tuple[float, float]:
         """(accuracy, accuracy with class weights) on `split` with prior × std."""

@@ -201,30 +201,38 @@ class FID:
         self.config, self.metric, self.weights = config, metric, common.check_weights(weights)
         self.batch_size = batch_size or config.eval_batch_size
         self.max_host_bytes = max_host_bytes
-        self._reference_order = None
-        if num_reference_samples and reference_shuffle_seed is not None:
-            total = data.num_examples(config.data, split)
-            self._reference_order = common.torch_randperm(total, reference_shuffle_seed, num_reference_samples)
+        # The first num_reference_samples of the split's seed-`reference_shuffle_seed` torch.randperm (None: the
+        # split's own order), drawn when the reference split is first read.
+        self.num_reference_samples = num_reference_samples or 0
+        self.reference_shuffle_seed = None if not num_reference_samples else reference_shuffle_seed
         self.fid = fid.FIDEvaluator(
             None, functools.partial(self._reference_batches, split), inception_weights=inception_weights,
             cache_dir=workdir, dataset=config.data.name or config.data.source, split=split,
             image_size=config.data.image_size, num_samples=num_samples, batch_size=self.batch_size,
             pipelines=tuple(pipelines), num_reference_samples=num_reference_samples or None,
-            reference_tag="" if self._reference_order is None else f"torchperm{reference_shuffle_seed}", seed=seed,
+            reference_tag="" if self.reference_shuffle_seed is None else f"torchperm{reference_shuffle_seed}", seed=seed,
         )  # fmt: skip
         self.num_classes = task.num_classes
 
+    def reference_order(self, split: str) -> np.ndarray | None:
+        """Indices [num_reference_samples] of the reference subset in the split, or None (the split's own order)."""
+        if self.reference_shuffle_seed is None:
+            return None
+        total = data.num_examples(self.config.data, split)
+        return common.torch_randperm(total, self.reference_shuffle_seed, self.num_reference_samples)
+
     def _reference_batches(self, split):
-        if self._reference_order is None:
+        order = self.reference_order(split)
+        if order is None:
             return data.eval_iterator(self.config.data, split=split, batch_size=self.batch_size)
-        return common.ordered_split(self.config, split, self._reference_order, self.batch_size, self.max_host_bytes)
+        return common.ordered_split(self.config, split, order, self.batch_size, self.max_host_bytes)
 
     def host_memory_bytes(self) -> int:
         """Peak host RAM of one run per process, in bytes (the formula in the class docstring)."""
-        if self._reference_order is None:
+        if self.reference_shuffle_seed is None:
             reference_pass = common.pipeline_bytes(self.config, self.batch_size)
         else:
-            ordered = len(self._reference_order) * common.image_bytes(self.config)
+            ordered = self.num_reference_samples * common.image_bytes(self.config)
             reference_pass = min(ordered, max(self.max_host_bytes, self.batch_size * common.image_bytes(self.config)))
         samples = self.batch_size * common.image_bytes(self.config)
         return self.fid.host_memory_bytes(max(reference_pass, samples))

@@ -106,7 +106,6 @@ class LinearProbe:
         else:
             self.view_config = config.data.copy_and_resolve_references()
             self.view_config.num_views = 1
-            self.steps_per_epoch = data.steps_per_epoch(self.view_config, batch_size=batch_size)
             parallel.check_batch_size(batch_size, mesh)
             self._embed = {
                 mode: common.sharded_fn(
@@ -124,12 +123,17 @@ class LinearProbe:
         width = sum(feature_width(self.task, self.config, m == "head") for m in self.modes) + (common.image_bytes(self.config) // 4 if self.include_pixels else 0)
         return 4 * rows * width
 
-    def _train_stream(self, params, feature_fns):
+    @property
+    def steps_per_epoch(self) -> int:
+        """Minibatches of one probe epoch (the train split's remainder dropped); reads the split's size."""
+        return data.steps_per_epoch(self.view_config, batch_size=self.batch_size)
+
+    def _train_stream(self, params, feature_fns, steps_per_epoch):
         batches = data.train_iterator(
             self.view_config, batch_size=self.batch_size, seed=self.seed, process_index=jax.process_index(),
             process_count=jax.process_count(),
         )  # fmt: skip
-        for _ in range(self.num_epochs * self.steps_per_epoch):
+        for _ in range(self.num_epochs * steps_per_epoch):
             batch = parallel.global_batch(next(batches), self.mesh)
             yield {name: fn(params, batch["image"]) for name, fn in feature_fns.items()}, batch["label"]
 
@@ -144,9 +148,10 @@ class LinearProbe:
             feature_fns["pixels"] = lambda p, x: x.reshape(x.shape[0], -1)
         results = {}
         if feature_fns:
+            steps = self.steps_per_epoch
             results = linear_probe.fit_streamed_probe(
-                self._train_stream(params, feature_fns), self._test_stream(params, feature_fns),
-                steps_per_epoch=self.steps_per_epoch, **self.fit_kwargs,
+                self._train_stream(params, feature_fns, steps), self._test_stream(params, feature_fns),
+                steps_per_epoch=steps, **self.fit_kwargs,
             )  # fmt: skip
         if self.include_pixels:
             self._pixel_result = results.pop("pixels", self._pixel_result)
