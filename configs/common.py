@@ -133,8 +133,10 @@ def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid
     if classes:
         # The official ClassAccuracy: test and train split, each read in its seed-0 torch.randperm order.
         evals["class_accuracy"] = dict(every_steps=every, splits=("test", "train"), shuffle_seed=0, weights=both)
-        evals["class_accuracy_std"] = dict(kind="class_accuracy", every_steps=every, splits=("test",),
-                                           stds=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2), shuffle_seed=0, weights=both)  # fmt: skip
+        # The official TunableStdClassAccuracy: both splits at each prior std.
+        evals["class_accuracy_std"] = dict(kind="class_accuracy", every_steps=every, splits=("test", "train"),
+                                           stds=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2), shuffle_seed=0, weights=both,
+                                           metric="tunable_accuracy")  # fmt: skip
     return ml_collections.ConfigDict(evals)
 
 

@@ -243,6 +243,12 @@ def test_paper_configs_evaluate_with_the_official_protocols():
         assert (fid.num_samples, fid.num_reference_samples, fid.samplers) == (50_000, 0, ("rk45", "euler"))
     accuracy = load_config("joint_cifar10").evals.class_accuracy
     assert (accuracy.splits, accuracy.shuffle_seed, accuracy.weights) == (("test", "train"), 0, ("ema", "raw"))
+    tunable = load_config("joint_cifar10").evals.class_accuracy_std
+    assert (tunable.splits, tunable.stds, tunable.shuffle_seed) == (("test", "train"), (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2), 0)
+    for name in ("gen_cifar10", "gen_afhq_cat", "joint_cifar10"):  # evaluators of one kind never share metric names
+        evals = load_config(name).evals
+        kinds = [(spec.get("kind", key), spec.get("metric", "")) for key, spec in evals.items()]
+        assert len(set(kinds)) == len(kinds), name
     assert load_config("joint_cifar10").eval_batch_size == 2000
 
 

@@ -3,7 +3,8 @@
 As the official `ClassAccuracy` and `TunableStdClassAccuracy`: test and train accuracy, each without and with
 class weights (the frequencies of the evaluated batch's labels multiply the label zones' densities), for one or
 several prior standard deviations (the noise the image's forward flow starts from, × std). The first std gives
-`eval/accuracy` (official ClassAccuracy: 1.0); the others `eval/accuracy_std{s}`. std 0 makes an image's latent
+`eval/{metric}` (metric "accuracy" by default; official ClassAccuracy: std 1.0); the others
+`eval/{metric}_std{s}`; the train split `eval/train_{metric}...`. std 0 makes an image's latent
 deterministic: the flow of its anchor itself.
 
 A sample's latent depends on the batch it is encoded with — every image in the batch is an anchor of the
@@ -35,14 +36,14 @@ from lzn_jax.evaluators import common
 
 class ClassAccuracy:
     def __init__(self, *, task, config, mesh, workdir=None, writer=None, splits=("test", "train"), stds=(1.0,),
-                 batch_size=None, shuffle_seed=0, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None,
+                 batch_size=None, metric="accuracy", shuffle_seed=0, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None,
                  seed=0):  # fmt: skip
         if not getattr(task, "conditional", False):
             raise ValueError("The class_accuracy evaluator needs a conditional generation task (label anchors).")
         self.task, self.config, self.mesh = task, config, mesh
         self.splits, self.stds = tuple(splits), tuple(float(s) for s in stds)
         self.batch_size = batch_size or config.eval_batch_size
-        self.seed, self.shuffle_seed, self.max_host_bytes = seed, shuffle_seed, max_host_bytes
+        self.seed, self.shuffle_seed, self.max_host_bytes, self.metric = seed, shuffle_seed, max_host_bytes, metric
         self.weights = common.check_weights(weights)
         parallel.check_batch_size(self.batch_size, mesh)
         self._predict = common.sharded_fn(self._local_predict, mesh, num_row_args=4)
@@ -85,7 +86,7 @@ class ClassAccuracy:
 
     def run(self, params, step):
         for split in self.splits:
-            prefix = "eval/accuracy" if split == "test" else f"eval/{split}_accuracy"
+            prefix = f"eval/{self.metric}" if split == "test" else f"eval/{split}_{self.metric}"
             for i, std in enumerate(self.stds):
                 suffix = "" if i == 0 else f"_std{std:g}"
                 plain, weighted = self.accuracies(params, split, std)

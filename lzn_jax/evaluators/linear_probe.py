@@ -182,7 +182,7 @@ def fit_streamed_probe(
     for features, labels, mask in test_batches:
         for name in states:
             correct[name] += float(_correct(states[name][0], features[name], labels, mask))
-        total += float(np.sum(jax.device_get(mask)))
+        total += float(jnp.sum(jnp.asarray(mask)))  # a replicated scalar: also for multi-host global arrays
     if not total:
         raise ValueError("The test stream yielded no examples.")
     batches_per_epoch = step - (step - 1) // steps_per_epoch * steps_per_epoch
