@@ -42,7 +42,7 @@ def hq256_models(config):
                                     scale_by_sigma=True)  # fmt: skip
 
 
-def hq256_generation(*, name, data_dir, train_split, test_split, steps, encoder_lr, ema, eval_batch_size, fid_num):
+def hq256_generation(*, name, data_dir, train_split, test_split, steps, encoder_lr, ema, eval_batch_size, saved_num):
     """Case study 1 at 256×256 (AFHQ-Cat, CelebA-HQ, LSUN-Bedroom): the official settings that differ per set."""
     from lzn_jax import configlib  # configs import this module; the base config lives in the package
 
@@ -60,8 +60,9 @@ def hq256_generation(*, name, data_dir, train_split, test_split, steps, encoder_
         lr=dict(encoder=encoder_lr, decoder=2e-4), ema=dict(encoder=ema, decoder=ema),
         module_steps=dict(encoder=steps, decoder=steps),
     )  # fmt: skip
-    config.evals = generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20, fid_num=fid_num,
-                                    fid_reference_num=1024)  # fmt: skip
+    # Official in-training FID: 1024 samples against 1024 train images; the saved sample set: `saved_num`.
+    config.evals = generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20, fid_num=1024,
+                                    fid_reference_num=1024, saved_num=saved_num)  # fmt: skip
     return config
 
 
@@ -104,22 +105,38 @@ def official_training(config, *, batch_size, lr, ema, module_steps, eval_batch_s
     config.log_every_steps = 100
 
 
-def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid_reference_num=None, classes=False):
-    """The official case-study-1/3 metrics on both evaluation samplers (rk45, euler10).
+def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid_reference_num=None, saved_num=None,
+                     classes=False):
+    """The official case-study-1/3 metrics: samples and FID on both evaluation samplers (rk45, euler10), every
+    metric on the EMA and the raw weights (official `apply_on_ema`; raw-weight names end in `_raw`).
 
-    FID needs local Inception weights: enable it with `--config.evals.fid.every_steps=N` and
+    `fid` is the official in-training FID: `fid_num` samples against `fid_reference_num` train images, the first
+    of the official sampler's seed-0 permutation (None: the whole train split). With a reference subset, `fid50k`
+    is the standard 50 000-sample FID against the whole train split, and `fid_saved` scores `saved_num` samples
+    (the size of the official saved sample set) against it. FID needs local Inception weights: enable it with
+    `--config.evals.fid.every_steps=N` and
     `--config.evals.fid.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth`.
     """
+    both = ("ema", "raw")
+    fid = dict(every_steps=-1, inception_weights="", samplers=("rk45", "euler"), pipelines=("clean", "rf"),
+               num_samples=fid_num, num_reference_samples=fid_reference_num or 0, reference_shuffle_seed=0, weights=both)  # fmt: skip
     evals = {
-        "samples": dict(every_steps=every, samplers=("rk45", "euler"), per_class=per_class, num=per_class),
-        "reconstruction": dict(every_steps=every, sampler="rk45", num=recon_num, repeats=recon_repeats),
-        "fid": dict(every_steps=-1, inception_weights="", sampler="rk45", num_samples=fid_num,
-                    num_reference_samples=fid_reference_num or 0, pipelines=("clean", "rf")),
+        "samples": dict(every_steps=every, samplers=("rk45", "euler"), per_class=per_class, num=per_class, weights=both),
+        "reconstruction": dict(every_steps=every, sampler="rk45", num=recon_num, repeats=recon_repeats, weights=both),
+        "fid": fid,
     }  # fmt: skip
+    if fid_reference_num:
+        evals["fid50k"] = dict(fid, metric="fid50k", num_samples=50_000, num_reference_samples=0, weights=("ema",))
+    if saved_num:
+        evals["fid_saved"] = dict(fid, metric="fid_saved", num_samples=saved_num, num_reference_samples=0,
+                                  weights=("ema",))  # fmt: skip
     if classes:
-        evals["class_accuracy"] = dict(every_steps=every, splits=("test", "train"))
-        evals["class_accuracy_std"] = dict(kind="class_accuracy", every_steps=every, splits=("test",),
-                                           stds=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2))  # fmt: skip
+        # The official ClassAccuracy: test and train split, each read in its seed-0 torch.randperm order.
+        evals["class_accuracy"] = dict(every_steps=every, splits=("test", "train"), shuffle_seed=0, weights=both)
+        # The official TunableStdClassAccuracy: both splits at each prior std.
+        evals["class_accuracy_std"] = dict(kind="class_accuracy", every_steps=every, splits=("test", "train"),
+                                           stds=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2), shuffle_seed=0, weights=both,
+                                           metric="tunable_accuracy")  # fmt: skip
     return ml_collections.ConfigDict(evals)
 
 

@@ -32,7 +32,8 @@ def get_config(arg=None):
     config.ema.encoder = 0.995
     config.eval_batch_size = 256
     config.evals = ml_collections.ConfigDict({
-        "linear_probe": dict(every_steps=300, modes=("no_head", "head"), lr=1e-3, num_epochs=300, batch_size=64,
-                             standardize=True),
+        # The fast frozen-features probe (eval/linear_probe_frozen_*), with the raw-pixel baseline.
+        "linear_probe": dict(every_steps=300, protocol="frozen", modes=("no_head", "head"), include_pixels=True,
+                             lr=1e-3, num_epochs=300, batch_size=64, standardize=True),
     })  # fmt: skip
     return common.runlocal(config) if arg == "runlocal" else config

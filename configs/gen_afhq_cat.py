@@ -15,6 +15,6 @@ from configs import common
 def get_config(arg=None):
     config = common.hq256_generation(
         name="afhq_cat", data_dir="", train_split="train/cat", test_split="val/cat", steps=60_000,
-        encoder_lr=2e-6, ema=0.999999, eval_batch_size=256, fid_num=5120,
+        encoder_lr=2e-6, ema=0.999999, eval_batch_size=256, saved_num=5120,
     )  # fmt: skip
     return common.runlocal(config, image_size=32) if arg == "runlocal" else config

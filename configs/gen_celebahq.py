@@ -15,6 +15,6 @@ from configs import common
 def get_config(arg=None):
     config = common.hq256_generation(
         name="celebahq", data_dir="", train_split="", test_split="", steps=350_000,
-        encoder_lr=4e-6, ema=0.9999, eval_batch_size=256, fid_num=29_952,
+        encoder_lr=4e-6, ema=0.9999, eval_batch_size=256, saved_num=29_952,
     )  # fmt: skip
     return common.runlocal(config, image_size=32) if arg == "runlocal" else config

@@ -15,6 +15,6 @@ from configs import common
 def get_config(arg=None):
     config = common.hq256_generation(
         name="lsun_bedroom", data_dir="", train_split="bedroom_train", test_split="bedroom_val", steps=2_050_000,
-        encoder_lr=2e-6, ema=0.99999, eval_batch_size=25, fid_num=50_000,
+        encoder_lr=2e-6, ema=0.99999, eval_batch_size=25, saved_num=29_952,
     )  # fmt: skip
     return common.runlocal(config, image_size=32) if arg == "runlocal" else config

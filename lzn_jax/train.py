@@ -191,12 +191,17 @@ def _evaluators(run: Run, writer):
 
 
 def _run_evals(run: Run, evals, state, step: int) -> dict[str, float]:
-    params = state.ema_params if run.config.eval_use_ema else state.params
+    """Each evaluator on the weights config.eval_use_ema names, or on each of its own `weights` ("ema", "raw");
+    the metrics of weights other than config.eval_use_ema's get the suffix _ema / _raw."""
+    default = "ema" if run.config.eval_use_ema else "raw"
     out = {}
     for ev in evals:
-        start = time.perf_counter()
-        out.update(dict(ev.run(params, step)))
-        logging.info("Evaluator %s took %.1f s.", ev.name, time.perf_counter() - start)
+        for weights in getattr(ev, "weights", None) or (default,):
+            start = time.perf_counter()
+            params = state.ema_params if weights == "ema" else state.params
+            suffix = "" if weights == default else f"_{weights}"
+            out.update({name + suffix: value for name, value in ev.run(params, step)})
+            logging.info("Evaluator %s (%s weights) took %.1f s.", ev.name, weights, time.perf_counter() - start)
     return out
 
 

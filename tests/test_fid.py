@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 from PIL import Image
 
-from lzn_jax.evaluators import fid, inception
+from lzn_jax.evaluators import common, fid, inception
 
 
 def _random_gaussian(rng, dim, n):
@@ -53,6 +53,44 @@ def test_feature_stats_is_mean_and_unbiased_covariance():
     np.testing.assert_allclose(sigma, np.cov(x.T, ddof=1), rtol=1e-6)
     with pytest.raises(ValueError, match="N >= 2"):
         fid.feature_stats(x[:1])
+
+
+def test_running_moments_equal_the_stacked_statistics():
+    """The evaluator accumulates FID statistics batch by batch (memory D + D², not N · D): same mean and
+    unbiased covariance as np.cov of all rows, whatever the batch split."""
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(103, 6)) * 3 + 10  # an offset mean: the E[xx'] - mm' form must not lose digits
+    moments = fid.Moments()
+    for chunk in np.array_split(rows, [1, 40, 41, 90]):
+        moments.add(chunk)
+    mu, sigma = moments.stats()
+    expected_mu, expected_sigma = fid.feature_stats(rows)
+    np.testing.assert_allclose(mu, expected_mu, rtol=1e-12)
+    np.testing.assert_allclose(sigma, expected_sigma, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match=">= 2"):
+        fid.Moments().stats()
+
+
+# torch.randperm(10, generator=torch.Generator().manual_seed(s)).tolist() on CPU, as PyTorch prints it (the
+# official sampler's order of a split); seeds wrap at 32 bits there.
+TORCH_RANDPERM_10 = {
+    0: [4, 1, 7, 5, 3, 9, 0, 8, 6, 2],
+    1: [5, 6, 1, 2, 0, 8, 9, 3, 7, 4],
+    42: [2, 6, 1, 8, 4, 5, 0, 9, 3, 7],
+    (1 << 32) + 1: [5, 6, 1, 2, 0, 8, 9, 3, 7, 4],
+}
+
+
+@pytest.mark.parametrize("seed", sorted(TORCH_RANDPERM_10))
+def test_torch_randperm_reproduces_pytorch(seed):
+    assert common.torch_randperm(10, seed).tolist() == TORCH_RANDPERM_10[seed]
+
+
+def test_torch_randperm_prefix_is_the_head_of_the_full_permutation():
+    full = common.torch_randperm(5000, 0)
+    assert sorted(full.tolist()) == list(range(5000))
+    assert common.torch_randperm(5000, 0, 1024).tolist() == full[:1024].tolist()
+    assert common.torch_randperm(1, 0).tolist() == [0] and common.torch_randperm(5000, 0, 0).size == 0
 
 
 def test_clean_resize_is_per_channel_float_pil_bicubic():

@@ -96,23 +96,84 @@ def test_evaluator_yields_each_mode_and_probes_pixels_once(digits):
     )
     results = dict(evaluator.run(1.0))
     assert set(results) == {
-        f"eval/linear_probe_{kind}{suffix}"
+        f"eval/linear_probe_frozen_{kind}{suffix}"
         for kind in ("accuracy", "train_accuracy")
         for suffix in ("", "_head", "_pixels")
     }
-    assert results["eval/linear_probe_accuracy"] > 0.9
-    assert results["eval/linear_probe_accuracy_head"] < 0.3  # constant features: about the majority class
-    assert results["eval/linear_probe_accuracy_pixels"] > 0.9
+    assert results["eval/linear_probe_frozen_accuracy"] > 0.9
+    assert results["eval/linear_probe_frozen_accuracy_head"] < 0.3  # constant features: about the majority class
+    assert results["eval/linear_probe_frozen_accuracy_pixels"] > 0.9
     num_batches = len(list(_batches(digits[0]))) + len(list(_batches(digits[1])))
     assert len(calls) == 2 * num_batches
     # params 0 make the encoder's features all zero: its probe falls to about the majority class, while the
     # pixel baseline probes the images themselves, whatever the params (and is not refitted).
     again = dict(evaluator.run(0.0))
-    assert again["eval/linear_probe_accuracy"] < 0.3
-    assert again["eval/linear_probe_accuracy_pixels"] == results["eval/linear_probe_accuracy_pixels"]
+    assert again["eval/linear_probe_frozen_accuracy"] < 0.3
+    assert again["eval/linear_probe_frozen_accuracy_pixels"] == results["eval/linear_probe_frozen_accuracy_pixels"]
     assert len(calls) == 4 * num_batches
 
 
 def test_evaluator_rejects_unknown_modes():
     with pytest.raises(ValueError, match="latent"):
         linear_probe.LinearProbeEvaluator(None, None, None, num_classes=2, modes=("latent",))
+
+
+def _epoch_minibatches(x, y, *, seed, num_epochs, batch_size):
+    """The minibatches fit_linear_probe draws (its key split, per-epoch permutation, last partial batch dropped)."""
+    import jax
+
+    shuffle_key = jax.random.split(jax.random.key(seed))[1]
+    steps = len(x) // batch_size
+    for epoch_key in jax.random.split(shuffle_key, num_epochs):
+        order = np.asarray(jax.random.permutation(epoch_key, len(x)))[: steps * batch_size].reshape(steps, batch_size)
+        for idx in order:
+            yield {"pixels": x[idx]}, y[idx]
+
+
+def test_streamed_probe_takes_the_same_adamw_steps_as_the_frozen_probe(digits):
+    """Fed the frozen probe's own minibatches, the streamed probe (the paper's protocol, one minibatch at a time)
+    ends with the same head: a streamed step that differed from the frozen one (optimizer, init, loss) shows here."""
+    train, test = _flat(digits[0]), _flat(digits[1])
+    kwargs = dict(num_classes=10, lr=1e-3, seed=5)
+    frozen = linear_probe.fit_linear_probe(*train, *test, num_epochs=3, batch_size=100, **kwargs)
+    test_stream = [({"pixels": test[0]}, test[1], np.ones(len(test[1]), bool))]
+    streamed = linear_probe.fit_streamed_probe(
+        _epoch_minibatches(*train, seed=5, num_epochs=3, batch_size=100), test_stream, steps_per_epoch=12, **kwargs
+    )["pixels"]
+    assert streamed["accuracy"] == pytest.approx(frozen["accuracy"], abs=1 / len(test[1]))
+    assert streamed["train_loss"] == pytest.approx(frozen["train_loss"], rel=1e-4)
+
+
+def test_streamed_probe_keeps_no_minibatch_so_its_memory_does_not_grow_with_the_data(digits):
+    """Every minibatch is released once the next one arrives: memory is one minibatch, whatever the dataset size
+    (a probe that accumulated features, as the frozen protocol does, keeps them all alive)."""
+    import gc
+    import weakref
+
+    (x, y), test = _flat(digits[0]), _flat(digits[1])
+    alive = []
+
+    def stream():
+        for start in range(0, 1200, 50):
+            features = x[start : start + 50].copy()
+            alive.append(weakref.ref(features))
+            yield {"pixels": features}, y[start : start + 50]
+            gc.collect()
+            assert sum(ref() is not None for ref in alive) <= 2  # this minibatch and, at most, the one before
+
+    result = linear_probe.fit_streamed_probe(
+        stream(), [({"pixels": test[0]}, test[1], np.ones(len(test[1]), bool))], num_classes=10, steps_per_epoch=24,
+        lr=1e-2,
+    )["pixels"]
+    assert len(alive) == 24 and result["accuracy"] > 0.8
+
+
+def test_streamed_probe_scores_only_unmasked_test_rows(digits):
+    train, (test_x, test_y) = _flat(digits[0]), _flat(digits[1])
+    batches = list(_epoch_minibatches(*train, seed=0, num_epochs=2, batch_size=100))
+    padded = ({"pixels": np.concatenate([test_x, np.zeros_like(test_x[:3])])}, np.concatenate([test_y, [0, 0, 0]]),
+              np.arange(len(test_y) + 3) < len(test_y))  # fmt: skip
+    plain = ({"pixels": test_x}, test_y, np.ones(len(test_y), bool))
+    kwargs = dict(num_classes=10, steps_per_epoch=12, lr=1e-3)
+    with_padding = linear_probe.fit_streamed_probe(iter(batches), [padded], **kwargs)
+    assert with_padding == linear_probe.fit_streamed_probe(iter(batches), [plain], **kwargs)

@@ -40,3 +40,102 @@ def split_batches(config, split: str, batch_size: int, mesh) -> Iterator[dict]:
 def fetch(x) -> np.ndarray:
     """A (possibly multi-host) global array as one numpy array on every host."""
     return np.asarray(jax.experimental.multihost_utils.process_allgather(x, tiled=True))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Host memory and bounded passes in a fixed order.
+
+# Batches of a tf.data pass alive at once on a host: the one in use plus the prefetch buffer (AUTOTUNE keeps
+# about two ready). Host-memory statements of the evaluators count pipeline batches with this factor.
+PIPELINE_BATCHES = 3
+DEFAULT_MAX_HOST_BYTES = 2 * 1024**3  # rows an ordered pass may buffer on a host (see `ordered_split`)
+WEIGHTS = ("ema", "raw")
+
+
+def image_bytes(config) -> int:
+    """Bytes of one float32 image [H, W, C] of config.data."""
+    return 4 * config.data.image_size**2 * config.data.num_channels
+
+
+def pipeline_bytes(config, batch_size: int) -> int:
+    """Host bytes of a tf.data pass of global `batch_size` images: PIPELINE_BATCHES host-local batches."""
+    return PIPELINE_BATCHES * (batch_size // jax.process_count()) * image_bytes(config)
+
+
+def check_weights(weights) -> tuple[str, ...] | None:
+    """`weights`: None (the run's config.eval_use_ema choice) or a non-empty subset of WEIGHTS, in order.
+
+    The training loop runs an evaluator once per entry, on `state.ema_params` ("ema") or `state.params`
+    ("raw"); the names of the weights config.eval_use_ema does not choose get the suffix `_ema` / `_raw`.
+    """
+    if weights is None:
+        return None
+    weights = (weights,) if isinstance(weights, str) else tuple(weights)
+    if not weights or any(w not in WEIGHTS for w in weights) or len(set(weights)) != len(weights):
+        raise ValueError(f"weights must be a non-empty subset of {WEIGHTS} (or None), got {weights}.")
+    return weights
+
+
+def torch_randperm(n: int, seed: int, count: int | None = None) -> np.ndarray:
+    """The first `count` (default all n) entries of PyTorch's CPU `torch.randperm(n, generator=g)` with
+    `g.manual_seed(seed)`: the order the official `StatefulSampler` reads a split in (epoch 0).
+
+    PyTorch shuffles with Fisher-Yates, swapping position i with i + (u_i mod (n - i)), u_i the i-th 32-bit
+    MT19937 output (`manual_seed` seeds MT19937 with the low 32 bits, as numpy's legacy `RandomState` does). Only
+    the swaps that settle the first `count` positions are replayed, in O(count) time and memory.
+    """
+    if n >= 2**32 // 20:
+        raise ValueError(f"torch.randperm switches to a 64-bit draw for n >= 2**32 / 20; n={n} is not reproduced.")
+    count = n if count is None else min(int(count), n)
+    draws = np.random.RandomState(seed & 0xFFFFFFFF).randint(0, 2**32, size=max(min(count, n - 1), 0), dtype=np.uint32)
+    moved: dict[int, int] = {}  # position -> value, where the value is not the position itself
+    out = np.empty(count, np.int64)
+    for i in range(count):
+        j = i + int(draws[i]) % (n - i) if i < n - 1 else i
+        out[i] = moved.get(j, j)
+        moved[j] = moved.get(i, i)
+    return out
+
+
+def ordered_split(
+    config, split: str, order: np.ndarray, batch_size: int, max_host_bytes: int = DEFAULT_MAX_HOST_BYTES
+) -> Iterator[dict]:
+    """The examples `order` [n] (indices into the split's eval order) as full batches of `batch_size`, in order.
+
+    Yields host numpy `{"image": [b, H, W, C], "label": [b], "mask": [b]}`, the last batch padded (mask False).
+    Every host reads the whole split. A pass buffers as many rows as fit `max_host_bytes` (at least one batch),
+    so the host holds min(n, max_host_bytes / image bytes) images and reads the split
+    ceil(n · image bytes / max_host_bytes) times.
+    """
+    order = np.asarray(order, np.int64)
+    total = data.num_examples(config.data, split)
+    if order.ndim != 1 or (order.size and (order.min() < 0 or order.max() >= total)):
+        raise ValueError(f"order must be indices [n] into the {total} examples of split {split!r}.")
+    per_pass = max(1, max_host_bytes // (image_bytes(config) * batch_size)) * batch_size
+    for start in range(0, len(order), per_pass):
+        wanted = order[start : start + per_pass]
+        slot = np.full(total, -1, np.int64)
+        slot[wanted] = np.arange(len(wanted))
+        images = np.zeros((len(wanted), *data.image_shape(config.data)), np.float32)
+        labels = np.zeros(len(wanted), np.int32)
+        seen = 0
+        for batch in data.eval_iterator(config.data, split=split, batch_size=batch_size):
+            rows = np.flatnonzero(batch["mask"])
+            where = slot[seen + rows]
+            keep = where >= 0
+            images[where[keep]], labels[where[keep]] = batch["image"][rows[keep]], batch["label"][rows[keep]]
+            seen += len(rows)
+        for b in range(0, len(wanted), batch_size):
+            n = min(batch_size, len(wanted) - b)
+            pad = batch_size - n
+            yield {
+                "image": np.concatenate([images[b : b + n], np.zeros((pad, *images.shape[1:]), np.float32)]),
+                "label": np.concatenate([labels[b : b + n], np.zeros(pad, np.int32)]),
+                "mask": np.arange(batch_size) < n,
+            }
+
+
+def host_share(batch: dict) -> dict:
+    """This host's contiguous rows of a global batch every host holds in full (for `parallel.global_batch`)."""
+    count, index = jax.process_count(), jax.process_index()
+    return {k: np.split(np.asarray(v), count)[index] for k, v in batch.items()}

@@ -50,6 +50,31 @@ def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.atleast_2d(np.cov(features, rowvar=False))
 
 
+class Moments:
+    """Running mean and covariance of feature rows, in float64: memory D + D² numbers, whatever the row count.
+
+    `add(features [b, D])` any number of times, then `stats()` -> (mean [D], unbiased covariance [D, D]), equal
+    to `feature_stats` of all rows stacked (up to float64 round-off).
+    """
+
+    def __init__(self):
+        self.count, self.total, self.outer = 0, None, None
+
+    def add(self, features) -> None:
+        features = np.asarray(features, np.float64)
+        if self.total is None:
+            self.total, self.outer = np.zeros(features.shape[1]), np.zeros((features.shape[1],) * 2)
+        self.count += len(features)
+        self.total += features.sum(axis=0)
+        self.outer += features.T @ features
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.count < 2:
+            raise ValueError(f"FID statistics need >= 2 feature rows, got {self.count}.")
+        mean = self.total / self.count
+        return mean, (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     """Symmetric PSD square root through an eigendecomposition (negative round-off eigenvalues -> 0)."""
     eigvals, eigvecs = np.linalg.eigh(matrix)
@@ -200,6 +225,8 @@ class FIDEvaluator:
       batch_size: samples per `sample_fn` call and images per Inception call.
       pipelines: any of `PIPELINES`; all share one set of generated samples.
       num_reference_samples: reference images to use (None: the whole split, as the official default).
+      reference_tag: names how the reference subset was chosen (e.g. "torchperm0") in the cache key, so that
+        subsets of the same size chosen differently never share cached statistics.
       seed: PRNG seed of the sampling keys.
     """
 
@@ -217,6 +244,7 @@ class FIDEvaluator:
         batch_size: int,
         pipelines: Sequence[str] = (CLEAN,),
         num_reference_samples: int | None = None,
+        reference_tag: str = "",
         seed: int = 0,
     ):
         if isinstance(pipelines, str):
@@ -238,12 +266,15 @@ class FIDEvaluator:
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.pipelines = tuple(pipelines)
         self.num_reference_samples = num_reference_samples
+        self.reference_tag = reference_tag
         self.seed = seed
         self._reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def cache_path(self, pipeline: str) -> str:
         """Where the reference statistics of `pipeline` are cached."""
         count = "all" if self.num_reference_samples is None else f"n{self.num_reference_samples}"
+        if self.reference_tag:
+            count += f"-{_slug(self.reference_tag)}"
         name = f"fid_stats_{_slug(self.dataset)}_{_slug(self.split)}_{pipeline}_{self.image_size}px_{count}.npz"
         return os.path.join(self.cache_dir, name)
 
@@ -305,33 +336,48 @@ class FIDEvaluator:
                 self._reference[p] = cached
                 missing.remove(p)
         if missing:
-            feats = {p: [] for p in missing}
+            moments = {p: Moments() for p in missing}
             for images in self._reference_images():
                 for p in missing:
-                    feats[p].append(self.features(images, p))
+                    moments[p].add(self.features(images, p))
             for p in missing:
-                all_feats = np.concatenate(feats[p])
-                self._reference[p] = feature_stats(all_feats)
-                self._save_cached(p, *self._reference[p], count=len(all_feats))
+                self._reference[p] = moments[p].stats()
+                self._save_cached(p, *self._reference[p], count=moments[p].count)
         return {p: self._reference[p] for p in self.pipelines}
 
-    def sample_features(self, params) -> dict[str, np.ndarray]:
-        """pool_3 features [num_samples, 2048] of generated images, per pipeline."""
+    def sample_stats(self, params, sample_fn: Callable | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(mean, covariance) of the pool_3 features of `num_samples` images from `sample_fn` (default: the
+        constructor's), per pipeline; accumulated batch by batch."""
+        sample_fn = sample_fn or self.sample_fn
         base = jax.random.key(self.seed)
-        feats = {p: [] for p in self.pipelines}
+        moments = {p: Moments() for p in self.pipelines}
         done = 0
         for i in range(-(-self.num_samples // self.batch_size)):
-            images = np.asarray(jax.device_get(self.sample_fn(params, jax.random.fold_in(base, i), self.batch_size)))
+            images = np.asarray(jax.device_get(sample_fn(params, jax.random.fold_in(base, i), self.batch_size)))
             if images.shape[0] != self.batch_size:
                 raise ValueError(f"sample_fn(params, key, {self.batch_size}) returned {images.shape[0]} images.")
             images = images[: self.num_samples - done]
             done += len(images)
             for p in self.pipelines:
-                feats[p].append(self.features(images, p))
-        return {p: np.concatenate(f) for p, f in feats.items()}
+                moments[p].add(self.features(images, p))
+        return {p: m.stats() for p, m in moments.items()}
+
+    def scores(self, params, sample_fn: Callable | None = None) -> dict[str, float]:
+        """{pipeline: FID} of `sample_fn`'s images (default: the constructor's) against the reference split."""
+        reference = self.reference_stats()
+        generated = self.sample_stats(params, sample_fn)
+        return {p: frechet_distance(*generated[p], *reference[p]) for p in self.pipelines}
+
+    def host_memory_bytes(self, reference_pass_bytes: int) -> int:
+        """Peak host RAM per process, in bytes, given what one pass over the reference split buffers.
+
+        The pass's images (or one batch of samples), plus running feature moments (2048 + 2048² float64 per
+        pipeline and side), plus the resized chunk the Inception network takes (batch_size · 299² · 3 · 4 bytes,
+        twice). Nothing grows with the number of reference images or samples.
+        """
+        moments = 2 * len(self.pipelines) * 8 * (inception.FEATURE_DIM + inception.FEATURE_DIM**2)
+        return reference_pass_bytes + moments + 2 * self.batch_size * _SIZE * _SIZE * 3 * 4
 
     def run(self, params) -> Iterator[tuple[str, float]]:
-        reference = self.reference_stats()
-        generated = self.sample_features(params)
-        for p in self.pipelines:
-            yield f"eval/fid_{p}", frechet_distance(*feature_stats(generated[p]), *reference[p])
+        for p, value in self.scores(params).items():
+            yield f"eval/fid_{p}", value

@@ -1,15 +1,18 @@
-"""Linear probing (case study 2): a linear classifier on frozen features, trained with AdamW.
+"""Linear probing (case study 2): a linear classifier on encoder features, trained with AdamW.
 
-As the official metric: a `Linear(F, K)` head (PyTorch's default uniform init), cross-entropy, AdamW
-(lr 3e-4, weight decay 0 by default), 300 epochs of shuffled minibatches with the last partial batch
-dropped, raw (unnormalised) features, top-1 accuracy on the test split. The official metric recomputes
-features of augmented training images every epoch; here features are computed once, from the
-un-augmented split, so the probe is a pure function of two feature arrays. `standardize=True` (off by
-default, as the official) first z-scores every feature with the training split's mean and std, the
-StandardScaler step of a scikit-learn probe: raw features of very different scales make a fixed-budget Adam
-probe underfit, and the pixel baseline gets the same treatment.
+Both protocols share the official probe's pieces: a `Linear(F, K)` head (PyTorch's default uniform init),
+cross-entropy, AdamW (lr 3e-4, weight decay 0 by default), shuffled minibatches with the last partial batch
+dropped, raw (unnormalised) features, top-1 accuracy on the test split.
 
-The whole optimisation is one `jax.jit` with the epochs and steps in `lax.scan`.
+* `fit_streamed_probe` (the paper's protocol, official `LinearProbing`): the head trains one minibatch at a
+  time on features the caller computes from freshly augmented training images each epoch; nothing is kept
+  between minibatches, so memory does not depend on the dataset size. The test split is scored once, after
+  the last epoch (the official scores it after every epoch and logs the list; its last entry is this number).
+* `fit_linear_probe` (the fast "frozen" protocol): features of the un-augmented split are computed once and
+  held, [N, F], and the whole optimisation is one `jax.jit` with the epochs and steps in `lax.scan`.
+  `standardize=True` (off by default, as the official) first z-scores every feature with the training split's
+  mean and std, the StandardScaler step of a scikit-learn probe: raw features of very different scales make a
+  fixed-budget Adam probe underfit, and the pixel baseline gets the same treatment.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ import optax
 # Metric-name suffix per feature kind; the official metric reports the no-head features.
 _SUFFIX = {"no_head": "", "head": "_head", "pixels": "_pixels"}
 MODES = ("no_head", "head")
+AUGMENTED, FROZEN = "augmented", "frozen"
+PROTOCOLS = (AUGMENTED, FROZEN)
+
+
+def metrics(results: dict[str, dict[str, float]], protocol: str) -> Iterator[tuple[str, float]]:
+    """`{mode: fit result}` -> metric names that say the protocol.
+
+    The paper's protocol: `eval/linear_probe_accuracy{suffix}` (and `_train_accuracy`); the frozen-features
+    protocol: `eval/linear_probe_frozen_accuracy{suffix}`. Suffix: "" (no head), "_head", "_pixels".
+    """
+    infix = "" if protocol == AUGMENTED else f"_{protocol}"
+    for mode, result in results.items():
+        yield f"eval/linear_probe{infix}_accuracy{_SUFFIX[mode]}", result["accuracy"]
+        yield f"eval/linear_probe{infix}_train_accuracy{_SUFFIX[mode]}", result["train_accuracy"]
 
 
 def _init_head(key: jax.Array, in_dim: int, num_classes: int) -> dict:
@@ -96,6 +113,87 @@ def _standardized(train_x: jax.Array, test_x: jax.Array) -> tuple[jax.Array, jax
     mean, std = jnp.mean(train_x, axis=0), jnp.std(train_x, axis=0)
     scale = jnp.where(std > 1e-6, 1.0 / jnp.maximum(std, 1e-6), 0.0)
     return (train_x - mean) * scale, (test_x - mean) * scale
+
+
+@functools.partial(jax.jit, static_argnames=("lr", "weight_decay"))
+def _streamed_step(head, opt_state, x, y, *, lr, weight_decay):
+    """One AdamW step on a minibatch x [B, F], y [B]; also its loss and correct count (before the step)."""
+    optimizer = optax.adamw(lr, weight_decay=weight_decay)
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    loss, grads = jax.value_and_grad(_loss)(head, x, y)
+    correct = jnp.sum(jnp.argmax(_logits(head, x), axis=-1) == y)
+    updates, opt_state = optimizer.update(grads, opt_state, head)
+    return optax.apply_updates(head, updates), opt_state, loss, correct
+
+
+@jax.jit
+def _correct(head: dict, x: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
+    predicted = jnp.argmax(_logits(head, x.reshape(x.shape[0], -1).astype(jnp.float32)), axis=-1)
+    return jnp.sum((predicted == y) & mask)
+
+
+def fit_streamed_probe(
+    train_batches: Iterable[tuple[dict, jax.Array]],
+    test_batches: Iterable[tuple[dict, jax.Array, jax.Array]],
+    *,
+    num_classes: int,
+    steps_per_epoch: int,
+    lr: float = 3e-4,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Trains one linear head per feature kind on a stream of minibatches and scores it on the test stream.
+
+    Args:
+      train_batches: `({name: features [B, F_name]}, labels [B])` minibatches, all epochs in a row (the caller
+        draws fresh augmentations and a fresh order each epoch); device arrays stay on device.
+      test_batches: `({name: features [B, F_name]}, labels [B], mask [B] bool)`, one pass over the test split.
+      num_classes: K.
+      steps_per_epoch: minibatches per epoch (the train results are those of the last epoch).
+      lr, weight_decay: AdamW settings.
+      seed: PRNG seed of the heads' init (the head of every kind starts from the same key, as `fit_linear_probe`).
+
+    Returns:
+      {name: {"accuracy": top-1 test accuracy, "train_accuracy": mean top-1 accuracy of the last epoch's
+      minibatches before each update (as the official), "train_loss": mean cross-entropy of the last epoch}}.
+      Held in memory: one minibatch and the heads with their AdamW moments (3 · (F + 1) · K floats per kind).
+    """
+    init_key = jax.random.split(jax.random.key(seed))[0]
+    states: dict[str, list] = {}
+    epoch_sums: dict[str, np.ndarray] = {}
+    step = 0
+    for features, labels in train_batches:
+        if step % steps_per_epoch == 0:
+            epoch_sums = {name: np.zeros(3) for name in features}  # loss sum, correct, rows
+        for name, x in features.items():
+            if name not in states:
+                head = _init_head(init_key, int(np.prod(x.shape[1:])), num_classes)
+                states[name] = [head, optax.adamw(lr, weight_decay=weight_decay).init(head)]
+            head, opt_state, loss, correct = _streamed_step(
+                *states[name], x, labels, lr=float(lr), weight_decay=float(weight_decay)
+            )
+            states[name] = [head, opt_state]
+            epoch_sums[name] += (float(loss), float(correct), x.shape[0])
+        step += 1
+    if not states:
+        raise ValueError("The train stream yielded no minibatches.")
+    correct = {name: 0.0 for name in states}
+    total = 0.0
+    for features, labels, mask in test_batches:
+        for name in states:
+            correct[name] += float(_correct(states[name][0], features[name], labels, mask))
+        total += float(jnp.sum(jnp.asarray(mask)))  # a replicated scalar: also for multi-host global arrays
+    if not total:
+        raise ValueError("The test stream yielded no examples.")
+    batches_per_epoch = step - (step - 1) // steps_per_epoch * steps_per_epoch
+    return {
+        name: {
+            "accuracy": correct[name] / total,
+            "train_accuracy": float(epoch_sums[name][1] / epoch_sums[name][2]),
+            "train_loss": float(epoch_sums[name][0] / batches_per_epoch),
+        }
+        for name in states
+    }
 
 
 def fit_linear_probe(
@@ -174,10 +272,13 @@ def collect_features(
 
 
 class LinearProbeEvaluator:
-    """Linear-probe accuracy of encoder features, and of raw pixels as a baseline.
+    """Linear-probe accuracy of frozen encoder features, and of raw pixels as a baseline (the "frozen" protocol).
 
-    `run(params)` yields, for each mode, `eval/linear_probe_accuracy{suffix}` and
-    `eval/linear_probe_train_accuracy{suffix}` with suffix "" for "no_head" (the number the paper reports),
+    Holds in host memory, while it fits: the features of both splits, (N_train + N_test) · F · 4 bytes per
+    mode, and for the pixel baseline (N_train + N_test) · H · W · C · 4 bytes (`host_memory_bytes`).
+
+    `run(params)` yields, for each mode, `eval/linear_probe_frozen_accuracy{suffix}` and
+    `eval/linear_probe_frozen_train_accuracy{suffix}` with suffix "" for "no_head" (the paper's feature),
     "_head" for "head", "_pixels" for the pixel baseline (computed once: it does not depend on params).
 
     Args:
@@ -237,6 +338,4 @@ class LinearProbeEvaluator:
             if self._pixel_result is None:
                 self._pixel_result = self._probe({"pixels": lambda images: images})["pixels"]
             results["pixels"] = self._pixel_result
-        for mode, result in results.items():
-            yield f"eval/linear_probe_accuracy{_SUFFIX[mode]}", result["accuracy"]
-            yield f"eval/linear_probe_train_accuracy{_SUFFIX[mode]}", result["train_accuracy"]
+        yield from metrics(results, FROZEN)
