@@ -18,9 +18,13 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-from clu import parameter_overview, periodic_actions
+from clu import parameter_overview
 
-from lzn_jax import checkpoint, configlib, data, evaluators, optim, parallel, tasks, train_state, writers
+from lzn_jax import checkpoint, configlib, data, evaluators, optim, parallel, tasks, train_state
+
+# `writers` and clu's periodic actions import TensorFlow (CLU's TensorBoard writer): they are imported where the
+# loop needs them, so `build` and `batch_spec` run where TensorFlow is not installed (experiments/device_check.sh
+# on a bare GPU machine, the TPU scale rehearsal).
 
 
 class TooManySkippedSteps(RuntimeError):
@@ -129,6 +133,8 @@ def _abstract_items(abstract_state, shardings, mesh) -> dict:
 
 
 def _write_config(config, workdir) -> None:
+    from lzn_jax import writers
+
     if jax.process_index() == 0:
         writers.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
@@ -175,6 +181,10 @@ def _run_evals(run: Run, evals, state, step: int) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state.TrainState:
     """Trains `config.num_train_steps` steps (resuming if workdir has checkpoints) and runs the evaluators."""
+    from clu import periodic_actions
+
+    from lzn_jax import writers
+
     run = setup(config, workdir)
     _write_config(config, workdir)
     writer = writers.create(workdir)
@@ -233,6 +243,8 @@ def _save(run: Run, state, step: int) -> None:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs every evaluator in config.evals once on the newest checkpoint (or checkpoint.path)."""
+    from lzn_jax import writers
+
     run = setup(config, workdir)
     if run.start_step == 0 and not config.checkpoint.path:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints and no config.checkpoint.path: nothing to evaluate.")

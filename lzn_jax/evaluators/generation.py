@@ -39,6 +39,11 @@ class _Sampler:
         out = self._fn(params, jax.device_put(padded, rows), jax.device_put(keys, rows))
         return common.fetch(out)[: len(labels)]
 
+    def compile_target(self, num: int):
+        """(jitted function, abstract row inputs) of a call with `num` labels (the scale rehearsal compiles it)."""
+        key_shape = jax.random.key_data(jax.random.key(0)).shape
+        return self._fn, common.row_structs(self.mesh, num, ((), jnp.int32), (key_shape, jnp.uint32))
+
 
 class Samples:
     """PNG grid of samples (one row per class when conditional), per sampler; also sent to TensorBoard."""
@@ -61,6 +66,9 @@ class Samples:
                 if self.writer is not None:
                     self.writer.write_images(step, {f"samples/{name}": grid[None]})
             yield f"eval/samples_{name}_std", float(np.std(out))
+
+    def compile_targets(self) -> dict:
+        return {name: sample.compile_target(len(self.labels)) for name, sample in self.samplers.items()}
 
 
 class Reconstruction:
@@ -99,6 +107,10 @@ class Reconstruction:
             path = os.path.join(self.workdir, "reconstructions", f"{self.sampler}_{step:08d}.png")
             images.save_grid(strip.astype(np.float32) / 127.5 - 1.0, path, nrow=self.repeats + 1)
         yield f"eval/reconstruction_l2_{self.sampler}", float(np.mean(np.concatenate(errors)))
+
+    def compile_targets(self) -> dict:
+        rows = common.image_rows(self.config, self.mesh, _round_up(self.num, self.mesh), self.task.latent_dim)
+        return {"reconstruct": (self._fn, rows)}
 
 
 def _round_up(n, mesh):

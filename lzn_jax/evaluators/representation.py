@@ -35,6 +35,11 @@ class _Embedder:
         features = self._fns[bool(apply_head)](params, parallel.global_batch({"x": mine}, self.mesh)["x"])
         return common.fetch(features)[: len(images)]
 
+    def compile_target(self, config, apply_head: bool):
+        """(jitted function, abstract images) of a call on `config.eval_batch_size` images (scale rehearsal)."""
+        image = (config.data.image_size, config.data.image_size, config.data.num_channels)
+        return self._fns[bool(apply_head)], common.row_structs(self.mesh, config.eval_batch_size, (image, np.float32))
+
 
 def _split_fn(config, split, batch_size):
     return lambda: data.eval_iterator(config.data, split=split, batch_size=batch_size)
@@ -49,6 +54,7 @@ class LinearProbe:
         if not hasattr(task, "embed"):
             raise ValueError("linear_probe needs an encoder task (representation or simclr).")
         eval_batch = config.eval_batch_size
+        self.config = config
         self.probe = linear_probe.LinearProbeEvaluator(
             _Embedder(task, mesh), _split_fn(config, "train", eval_batch), _split_fn(config, "test", eval_batch),
             num_classes=config.num_classes, modes=modes,
@@ -59,6 +65,10 @@ class LinearProbe:
     def run(self, params, step):
         yield from self.probe.run(params)
 
+    def compile_targets(self) -> dict:
+        embed = self.probe.embed_fn
+        return {f"embed_{mode}": embed.compile_target(self.config, mode == "head") for mode in self.probe.modes}
+
 
 class ExportEmbeddings:
     """Writes the embeddings (and labels) of a split as .npy files under workdir/embeddings."""
@@ -66,7 +76,7 @@ class ExportEmbeddings:
     def __init__(self, *, task, config, mesh, workdir, writer=None, split="test", apply_head=False, num_per_class=None):
         if not hasattr(task, "embed"):
             raise ValueError("export needs an encoder task (representation or simclr).")
-        self.embed, self.workdir = _Embedder(task, mesh), workdir
+        self.embed, self.workdir, self.config = _Embedder(task, mesh), workdir, config
         self.batches = _split_fn(config, split, config.eval_batch_size)
         self.split, self.apply_head, self.num_per_class = split, apply_head, num_per_class
 
@@ -77,3 +87,6 @@ class ExportEmbeddings:
         )  # fmt: skip
         with writers.gfile().GFile(path, "rb") as f:
             yield "eval/exported_embeddings", float(np.load(f).shape[0])
+
+    def compile_targets(self) -> dict:
+        return {"embed": self.embed.compile_target(self.config, self.apply_head)}
