@@ -64,6 +64,8 @@ def _force_cpu_devices(argv) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
     if not _argv_value("topology", argv):  # (a TPU topology needs the TPU plugin loaded)
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    else:  # compiling needs no TPU: do not wait for the lock of another process that loaded libtpu
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 if __name__ == "__main__":
@@ -102,6 +104,7 @@ flags.DEFINE_string("topology", None, "Compile for a TPU slice instead, e.g. v5e
 flags.DEFINE_bool("json", False, "Print exactly one JSON object instead of the table.")
 flags.DEFINE_list("layouts", list(LAYOUTS), "Layouts to compile: replicated, fsdp.")
 flags.DEFINE_bool("evals", True, "Also compile the enabled evaluators' functions.")
+flags.DEFINE_string("table", None, "Print docs/scaling.md's markdown table of these --json outputs (a glob) and exit.")
 
 
 def tpu_devices(topology: str) -> list:
@@ -234,6 +237,7 @@ def rehearse(config, *, devices: int | None, topology: str | None, layouts, with
             f["peak_bytes_per_device"] <= hbm for ev in result["evaluators"].values() for f in ev.values())
         result["implied_step_seconds"] = implied_step_seconds(result["flops_per_step"], config.dtype)
         out["layouts"][layout] = result
+        print(f"{layout}: {json.dumps(result)}", file=sys.stderr, flush=True)  # kept if a later layout fails
     return out
 
 
@@ -266,12 +270,43 @@ def json_report(report: dict) -> dict:
     return report
 
 
+def markdown_table(reports) -> str:
+    """docs/scaling.md's rehearsal table: one row per (config, devices or topology, layout)."""
+    chips = list(CHIPS)
+    head = ["config", "mesh", "batch", "layout", "peak GiB/device", "state GiB/device", "TFLOP/step/device",
+            "collectives MiB", "fits", "largest evaluator GiB", *[f"step s, {c}" for c in chips],
+            f"train GPU-h, A100 at {UTILISATION:.0%}"]  # fmt: skip
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for report in reports:
+        mesh = report["topology"] or f"{report['devices']} CPU"
+        steps = report.get("num_train_steps")
+        for layout, r in report["layouts"].items():
+            evals = [v for v in r["evaluators"].values() if v is not None]
+            a100 = r["implied_step_seconds"]["A100-40GB"]
+            gpu_hours = f"{a100 * steps * report['devices'] / 3600:,.0f}" if steps and not report["topology"] else ""
+            cells = [report["config"], mesh, report["global_batch"], layout, f"{r['peak_bytes_per_device'] / GiB:.2f}",
+                     f"{r['state_bytes_per_device'] / GiB:.2f}", f"{r['flops_per_step'] / 1e12:.2f}",
+                     f"{r['collective_bytes'] / 2**20:,.0f}", "yes" if r["fits"] else "**no**",
+                     f"{max(evals) / GiB:.2f}" if evals else "–",
+                     *[f"{r['implied_step_seconds'][c]:.3f}" for c in chips], gpu_hours]  # fmt: skip
+            rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv):
     del argv
+    if FLAGS.table:
+        import glob
+
+        print(markdown_table([json.load(open(path)) for path in sorted(glob.glob(FLAGS.table))]))
+        return
     config = FLAGS.config
+    if config is None:
+        raise app.UsageError("--config is required (or --table to render saved --json outputs).")
     report = rehearse(config, devices=FLAGS.devices, topology=FLAGS.topology, layouts=FLAGS.layouts,
                       with_evals=FLAGS.evals)  # fmt: skip
     report["config"] = _argv_value("config", sys.argv)
+    report["num_train_steps"] = config.num_train_steps
     report["command"] = " ".join(["python", "experiments/scale_rehearsal.py", *sys.argv[1:]])
     report["commit"] = _commit()
     report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
