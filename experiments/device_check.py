@@ -41,6 +41,7 @@ from lzn_jax import configlib, losses, parallel, train, train_state, zoning  # n
 # AFHQ-Cat, CelebA-HQ and LSUN-Bedroom share one network (configs/common.py HQ256_TRUNK): gen_afhq_cat stands
 # for all three.
 MODELS = {"gen_cifar10": 16, "joint_cifar10": 16, "gen_afhq_cat": 32, "repr_imagenet": 128}
+TINY_MODELS = ("gen_cifar10", "repr_imagenet")  # one NCSN++ pair and one ResNet: the two code paths
 KERNEL = dict(rows=1024, anchors=8192, dim=256, steps=20)
 TINY_KERNEL = dict(rows=64, anchors=256, dim=16, steps=2)
 
@@ -126,7 +127,8 @@ def model_check(name: str, config, batch_size: int, dtype: str, repeats: int) ->
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes and the configs' :runlocal forms (CPU).")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated configs to time.")
+    parser.add_argument("--models", default=None, help=f"comma-separated configs to time (default {','.join(MODELS)}; "
+                        f"--tiny: {','.join(TINY_MODELS)}).")  # fmt: skip
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 10, --tiny 1).")
     args = parser.parse_args()
@@ -134,7 +136,7 @@ def main():
     device = jax.devices()[0]
     log(f"JAX {jax.__version__}, {jax.device_count()} x {device.device_kind} ({device.platform})")
     kernel_check(**(TINY_KERNEL if args.tiny else KERNEL), repeats=repeats)
-    for name in args.models.split(","):
+    for name in args.models.split(",") if args.models else (TINY_MODELS if args.tiny else MODELS):
         config = load_config(name, "runlocal" if args.tiny else None)
         if args.tiny:
             config.data.image_size = 16

@@ -70,6 +70,10 @@ def _force_cpu_devices(argv) -> None:
 
 if __name__ == "__main__":
     _force_cpu_devices(sys.argv)
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints where a long compile is
 
 import json  # noqa: E402
 import re  # noqa: E402
@@ -250,14 +254,14 @@ def print_table(report: dict) -> None:
           + (f" ({report['topology']})" if report["topology"] else "")
           + f", global batch {report['global_batch']}, {report['dtype']}, limit {_gib(report['hbm_bytes_per_device'])}/device")  # fmt: skip
     for layout, r in report["layouts"].items():
-        times = ", ".join(f"{chip} {s * 1e3:.0f} ms" for chip, s in r["implied_step_seconds"].items())
+        times = ", ".join(f"{chip} {s * 1e3:.3g} ms" for chip, s in r["implied_step_seconds"].items())
         print(f"  {layout:10s} train step: peak {_gib(r['peak_bytes_per_device'])} (state {_gib(r['state_bytes_per_device'])}), "
-              f"{r['flops_per_step'] / 1e12:.2f} TFLOP, collectives {r['collective_bytes'] / 2**20:.0f} MiB, "
+              f"{r['flops_per_step'] / 1e12:.3g} TFLOP, collectives {r['collective_bytes'] / 2**20:.0f} MiB, "
               f"{'fits' if r['fits'] else 'DOES NOT FIT'}; step at {UTILISATION:.0%} utilisation: {times}")  # fmt: skip
         for name, fns in r["evaluators"].items():
             for fn_name, f in fns.items():
                 print(f"  {'':10s} eval {name}/{fn_name}: peak {_gib(f['peak_bytes_per_device'])}, "
-                      f"{f['flops_per_step'] / 1e12:.2f} TFLOP per call")  # fmt: skip
+                      f"{f['flops_per_step'] / 1e12:.3g} TFLOP per call")  # fmt: skip
 
 
 def json_report(report: dict) -> dict:
@@ -285,10 +289,10 @@ def markdown_table(reports) -> str:
             a100 = r["implied_step_seconds"]["A100-40GB"]
             gpu_hours = f"{a100 * steps * report['devices'] / 3600:,.0f}" if steps and not report["topology"] else ""
             cells = [report["config"], mesh, report["global_batch"], layout, f"{r['peak_bytes_per_device'] / GiB:.2f}",
-                     f"{r['state_bytes_per_device'] / GiB:.2f}", f"{r['flops_per_step'] / 1e12:.2f}",
+                     f"{r['state_bytes_per_device'] / GiB:.2f}", f"{r['flops_per_step'] / 1e12:.3g}",
                      f"{r['collective_bytes'] / 2**20:,.0f}", "yes" if r["fits"] else "**no**",
                      f"{max(evals) / GiB:.2f}" if evals else "–",
-                     *[f"{r['implied_step_seconds'][c]:.3f}" for c in chips], gpu_hours]  # fmt: skip
+                     *[f"{r['implied_step_seconds'][c]:.3g}" for c in chips], gpu_hours]  # fmt: skip
             rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(rows)
 
