@@ -29,6 +29,9 @@ EXTRAS = {
     "notebook": NOTEBOOK,
     # Reading official PyTorch `.pt` checkpoints in `python -m lzn_jax.convert`.
     "torch": ["torch>=2.2"],
+    # The TPU compiler: runs on Cloud TPU VMs, and compiles for a TPU slice on any machine
+    # (`experiments/scale_rehearsal.py --topology=v5e:8x16`). Tested: libtpu 0.0.52 with jax 0.10.2.
+    "tpu": ["libtpu>=0.0.42"],
 }
 
 setuptools.setup(

@@ -84,13 +84,16 @@ def maybe_initialize_distributed() -> None:
     logging.info("jax.distributed (%s): process %d of %d", launcher, jax.process_index(), jax.process_count())
 
 
-def make_mesh(data: int = -1, model: int = 1) -> jax.sharding.Mesh:
+def make_mesh(data: int = -1, model: int = 1, devices=None) -> jax.sharding.Mesh:
     """The (data, model) mesh of `config.mesh`; data=-1 takes every device not used along `model`.
 
     One process may use a subset of its devices (data·model dividing the device count); a multi-process job
     uses all of them, with each host's devices whole rows of the mesh (model ≤ devices per host).
+    `devices` (default: `jax.devices()`) may be another set, e.g. a TPU topology's devices that the scale
+    rehearsal compiles for ahead of time.
     """
-    total = jax.device_count()
+    devices = jax.devices() if devices is None else list(devices)
+    total = len(devices)
     if not isinstance(model, int) or model < 1 or total % model:
         raise ValueError(f"config.mesh.model={model!r} must be a positive divisor of the {total} devices; use 1.")
     size_data = total // model if data == -1 else data
@@ -110,7 +113,7 @@ def make_mesh(data: int = -1, model: int = 1) -> jax.sharding.Mesh:
                 f"config.mesh.model={model} must divide the {jax.local_device_count()} devices of each host: the "
                 "model axis may not cross hosts."
             )
-    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))[: size_data * model]
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))[: size_data * model]
     explicit = jax.sharding.AxisType.Explicit
     return jax.sharding.Mesh(np.asarray(devices).reshape(size_data, model), (DATA, MODEL), axis_types=(explicit, explicit))
 

@@ -21,9 +21,13 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-from clu import parameter_overview, periodic_actions
+from clu import parameter_overview
 
-from lzn_jax import checkpoint, configlib, data, evaluators, optim, parallel, tasks, train_state, writers
+from lzn_jax import checkpoint, configlib, data, evaluators, optim, parallel, tasks, train_state
+
+# `writers` and clu's periodic actions import TensorFlow (CLU's TensorBoard writer): they are imported where the
+# loop needs them, so `build` and `batch_spec` run where TensorFlow is not installed (experiments/device_check.sh
+# on a bare GPU machine, the TPU scale rehearsal).
 
 
 class TooManySkippedSteps(RuntimeError):
@@ -156,6 +160,8 @@ def _abstract_items(abstract_state, shardings, mesh) -> dict:
 
 
 def _write_config(config, workdir) -> None:
+    from lzn_jax import writers
+
     if jax.process_index() == 0:
         writers.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
@@ -216,6 +222,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals") -> train_state.TrainState:
+    from clu import periodic_actions
+
+    from lzn_jax import writers
+
     run = _phase("Setting up the mesh, model, state and checkpoints", lambda: setup(config, workdir))
     _write_config(config, workdir)
     _write_parameter_table(run)
@@ -337,6 +347,8 @@ def _compiled_train_step(run: Run, state, batch):
 
 def _write_parameter_table(run: Run) -> None:
     """The per-array parameter table goes to workdir/parameters.txt; the log gets one line of totals."""
+    from lzn_jax import writers
+
     params = run.state.params
     count = parameter_overview.count_parameters(params)
     size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
@@ -363,6 +375,8 @@ def _save(run: Run, state, step: int) -> None:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs every evaluator in config.evals once on the newest checkpoint (or checkpoint.path)."""
+    from lzn_jax import writers
+
     run = setup(config, workdir)
     if run.start_step == 0 and not config.checkpoint.path:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints and no config.checkpoint.path: nothing to evaluate.")

@@ -53,3 +53,25 @@ def tiny_joint_model():
     lzn = api.LZN.from_config(tiny_joint_config())
     batch = {"image": np.zeros((2, 8, 8, 1), np.float32), "label": np.zeros((2,), np.int32)}
     return lzn, lzn.task.init(jax.random.key(0), batch)
+
+
+def prepare_tfds_metadata(root, datasets, num_examples: int) -> str:
+    """A TFDS data dir holding only the metadata (dataset_info.json, features.json) of `datasets`.
+
+    datasets: ((name, test split name), ...). Under `tfds.testing.mock_data(policy=USE_FILES, data_dir=root)`
+    every split then has `num_examples` random examples, and `is_prepared`, split lookup and feature specs are
+    TFDS's own.
+    """
+    import tensorflow_datasets as tfds
+
+    root = str(root)
+    for name, test_split in datasets:
+        builder = tfds.builder(name, data_dir=root)
+        splits = [
+            tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0, filename_template=None)
+            for split in ("train", test_split)
+        ]
+        builder.info.set_splits(tfds.core.SplitDict(splits))
+        os.makedirs(builder.data_dir, exist_ok=True)
+        builder.info.write_to_directory(builder.data_dir)
+    return root

@@ -4,13 +4,13 @@ The mock serves random examples (ImageNet ones of random sizes) for any split, s
 every split the mock's example count; `is_prepared`, split lookup and feature specs are TFDS's own.
 """
 
-import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from etils import epath
 
+import support
 from lzn_jax import data
 
 NUM_EXAMPLES = 40
@@ -19,17 +19,8 @@ NUM_EXAMPLES = 40
 @pytest.fixture(scope="module")
 def prepared_dir(tmp_path_factory):
     """A TFDS data dir holding only the metadata (dataset_info.json, features.json) of the two datasets."""
-    root = str(tmp_path_factory.mktemp("tfds"))
-    for name, test_split in (("cifar10", "test"), ("imagenet2012", "validation")):
-        builder = tfds.builder(name, data_dir=root)
-        splits = [
-            tfds.core.SplitInfo(name=split, shard_lengths=[NUM_EXAMPLES], num_bytes=0, filename_template=None)
-            for split in ("train", test_split)
-        ]
-        builder.info.set_splits(tfds.core.SplitDict(splits))
-        os.makedirs(builder.data_dir, exist_ok=True)
-        builder.info.write_to_directory(builder.data_dir)
-    return root
+    datasets = (("cifar10", "test"), ("imagenet2012", "validation"))
+    return support.prepare_tfds_metadata(tmp_path_factory.mktemp("tfds"), datasets, NUM_EXAMPLES)
 
 
 @pytest.fixture

@@ -84,6 +84,10 @@ class ClassAccuracy:
             total += int(mask.sum())
         return tuple(correct / total)
 
+    def compile_targets(self) -> dict:
+        rows = common.image_rows(self.config, self.mesh, self.batch_size, self.task.latent_dim)
+        return {"predict": (self._predict, rows)}
+
     def run(self, params, step):
         for split in self.splits:
             prefix = f"eval/{self.metric}" if split == "test" else f"eval/{split}_{self.metric}"

@@ -26,6 +26,22 @@ def sharded_fn(local: Callable, mesh, num_row_args: int) -> Callable:
     return jax.jit(run)
 
 
+def row_structs(mesh, batch_size: int, *shapes_dtypes) -> tuple:
+    """Abstract row-sharded inputs [B, ...] of a sharded function, B rounded up to the data axis (as the
+    evaluators pad): what `compile_targets()` hands the scale rehearsal. shapes_dtypes: ((per-row shape), dtype)."""
+    devices = mesh.shape[parallel.DATA]
+    rows = -(-batch_size // devices) * devices
+    sharding = jax.sharding.NamedSharding(mesh, P(parallel.DATA))
+    return tuple(jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=sharding) for shape, dtype in shapes_dtypes)
+
+
+def image_rows(config, mesh, batch_size: int, latent_dim: int) -> tuple:
+    """Abstract (images, labels, mask, prior) rows of a `split_batches` batch with its prior latents."""
+    image = (config.data.image_size, config.data.image_size, config.data.num_channels)
+    specs = ((image, np.float32), ((), np.int32), ((), np.bool_), ((latent_dim,), np.float32))
+    return row_structs(mesh, batch_size, *specs)
+
+
 def split_batches(config, split: str, batch_size: int, mesh) -> Iterator[dict]:
     """One pass over `split` ("train" or "test") as global batches (padded, with a boolean `mask`), row-sharded."""
     parallel.check_batch_size(batch_size, mesh)

@@ -40,6 +40,11 @@ class _Sampler:
         out = self._fn(params, jax.device_put(padded, rows), jax.device_put(keys, rows))
         return common.fetch(out)[: len(labels)]
 
+    def compile_target(self, num: int):
+        """(jitted function, abstract row inputs) of a call with `num` labels (the scale rehearsal compiles it)."""
+        key_shape = jax.random.key_data(jax.random.key(0)).shape
+        return self._fn, common.row_structs(self.mesh, num, ((), jnp.int32), (key_shape, jnp.uint32))
+
 
 class Samples:
     """PNG grid of samples (one row per class when conditional), per sampler; also sent to TensorBoard."""
@@ -68,6 +73,9 @@ class Samples:
     def host_memory_bytes(self) -> int:
         """Peak host RAM per process, in bytes: the samples of one sampler, len(labels) · H·W·C · 4, and their grid."""
         return 2 * len(self.labels) * common.image_bytes(self.config)
+
+    def compile_targets(self) -> dict:
+        return {name: sample.compile_target(len(self.labels)) for name, sample in self.samplers.items()}
 
 
 class Reconstruction:
@@ -115,6 +123,10 @@ class Reconstruction:
         image = common.image_bytes(self.config)
         num = _round_up(self.num, self.mesh)
         return 2 * num * image + (self.repeats + 1) * num * image // 4 + common.pipeline_bytes(self.config, num)
+
+    def compile_targets(self) -> dict:
+        rows = common.image_rows(self.config, self.mesh, _round_up(self.num, self.mesh), self.task.latent_dim)
+        return {"reconstruct": (self._fn, rows)}
 
 
 def _round_up(n, mesh):

@@ -35,6 +35,11 @@ class _Embedder:
         features = self._fns[bool(apply_head)](params, parallel.global_batch({"x": mine}, self.mesh)["x"])
         return common.fetch(features)[: len(images)]
 
+    def compile_target(self, config, apply_head: bool):
+        """(jitted function, abstract images) of a call on `config.eval_batch_size` images (scale rehearsal)."""
+        image = (config.data.image_size, config.data.image_size, config.data.num_channels)
+        return self._fns[bool(apply_head)], common.row_structs(self.mesh, config.eval_batch_size, (image, np.float32))
+
 
 def feature_width(task, config, apply_head: bool) -> int:
     """Width F of `task.embed`'s features, from abstract shapes (nothing is computed)."""
@@ -164,6 +169,14 @@ class LinearProbe:
         else:
             yield from linear_probe.metrics(self._streamed(params), self.protocol)
 
+    def compile_targets(self) -> dict:
+        """{name: (jitted function, abstract row inputs)} of the functions one run compiles (scale rehearsal)."""
+        if self.protocol == linear_probe.FROZEN:
+            embed = self.probe.embed_fn
+            return {f"embed_{mode}": embed.compile_target(self.config, mode == "head") for mode in self.probe.modes}
+        rows = common.row_structs(self.mesh, self.batch_size, (data.image_shape(self.config.data), np.float32))
+        return {f"embed_{mode}": (fn, rows) for mode, fn in self._embed.items()}
+
 
 class ExportEmbeddings:
     """Writes the embeddings (and labels) of a split as .npy files under workdir/embeddings (official
@@ -192,3 +205,6 @@ class ExportEmbeddings:
         )  # fmt: skip
         with writers.gfile().GFile(path, "rb") as f:
             yield "eval/exported_embeddings", float(np.load(f).shape[0])
+
+    def compile_targets(self) -> dict:
+        return {"embed": self.embed.compile_target(self.config, self.apply_head)}
