@@ -12,8 +12,9 @@ from lzn_jax import parallel, tasks, train, train_state
 from support import load_config, tiny_joint_config
 
 # Relative |loss_bf16 − loss_f32| / |loss_f32| allowed after one step from the same params and draws. bfloat16
-# keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operation); through a dozen layers that stays
-# within a few percent. Measured on these configs (this file, printed with -s): see the assertion message.
+# keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operation); through a dozen layers that should stay
+# within a few percent. A chosen bound, not yet a measured one: `experiments/numerics_report.py --part bf16`
+# prints the differences (and `pytest -s` this file).
 BF16_LOSS_RTOL = 5e-2
 
 
