@@ -63,7 +63,12 @@ TASKS = [
 BFLOAT16 = [pytest.param(name, {**updates, "dtype": "bfloat16"}, marks=pytest.mark.slow) for name, updates in TASKS]
 
 
-@pytest.mark.parametrize("name, updates", TASKS + BFLOAT16)
+def task_id(case):
+    name, updates = case.values if hasattr(case, "values") else case
+    return "-".join([name, *(f"{k}={v or 'none'}" for k, v in updates.items())])
+
+
+@pytest.mark.parametrize("name, updates", TASKS + BFLOAT16, ids=[task_id(c) for c in TASKS + BFLOAT16])
 def test_one_step_of_every_task_updates_every_module(name, updates):
     before, after, metrics = one_step(tiny(name, **updates))
     assert np.isfinite(metrics["loss"]) and metrics["skipped"] == 0
