@@ -22,7 +22,7 @@ def rehearse(*args, devices=8):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     env.pop("XLA_FLAGS", None)  # the script sets the device count itself
     result = subprocess.run([sys.executable, str(SCRIPT), f"--devices={devices}", "--json", *args], env=env,
-                            capture_output=True, text=True, timeout=1800, cwd=REPO)  # fmt: skip
+                            capture_output=True, text=True, timeout=3600, cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"--json must print exactly one line: {result.stdout[-2000:]}"
