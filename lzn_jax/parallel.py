@@ -15,6 +15,7 @@ exactly the rows its data iterator reads (`lzn_jax.data.train_iterator(process_i
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import logging
 import os
@@ -49,9 +50,18 @@ def multi_process_environment() -> Optional[str]:
         return "SLURM"
     if _env_int("OMPI_COMM_WORLD_SIZE") > 1:
         return "Open MPI"
-    if importlib.util.find_spec("libtpu") is not None:
+    if importlib.util.find_spec("libtpu") is not None and _tpu_chips_attached():
         return "Cloud TPU"
     return None
+
+
+def _tpu_chips_attached() -> bool:
+    """TPU chips appear as /dev/accel* (v4, v5p) or /dev/vfio/<n> (v5e, v6e) on a TPU VM.
+
+    libtpu alone is no sign of a TPU VM: the `[tpu]` extra installs it anywhere, for ahead-of-time compiles
+    (experiments/scale_rehearsal.py --topology), and there `jax.distributed.initialize()` must not be tried.
+    """
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def maybe_initialize_distributed() -> None:
