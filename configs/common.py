@@ -126,9 +126,9 @@ def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid
         "fid": fid,
     }  # fmt: skip
     if fid_reference_num:
-        evals["fid50k"] = dict(fid, metric="fid50k", num_samples=50_000, num_reference_samples=0, weights=("ema",))
+        evals["fid50k"] = dict(fid, kind="fid", metric="fid50k", num_samples=50_000, num_reference_samples=0, weights=("ema",))
     if saved_num:
-        evals["fid_saved"] = dict(fid, metric="fid_saved", num_samples=saved_num, num_reference_samples=0,
+        evals["fid_saved"] = dict(fid, kind="fid", metric="fid_saved", num_samples=saved_num, num_reference_samples=0,
                                   weights=("ema",))  # fmt: skip
     if classes:
         # The official ClassAccuracy: test and train split, each read in its seed-0 torch.randperm order.
