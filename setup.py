@@ -19,13 +19,14 @@ RUNTIME = [
     "scipy>=1.11",  # float64 matrix square root for the Frechet distance
     "scikit-learn>=1.3",  # bundled `digits` data: the CPU default that needs no download
     "pillow>=10",  # PNG sample grids and clean-fid style resizing
+    "tqdm>=4.60",  # python -m lzn_jax.embed's progress bar
 ]
 
 # experiments/lzn_demo.ipynb: its figures, and running it headless (the test suite executes it).
 NOTEBOOK = ["matplotlib>=3.8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"]
 
 EXTRAS = {
-    "test": ["pytest>=8", "hypothesis>=6.100", *NOTEBOOK],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", *NOTEBOOK],
     "notebook": NOTEBOOK,
     # Reading official PyTorch `.pt` checkpoints in `python -m lzn_jax.convert`.
     "torch": ["torch>=2.2"],

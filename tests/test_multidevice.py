@@ -12,6 +12,21 @@ pytestmark = pytest.mark.slow  # a fresh process compiling the sharded suite
 HERE = pathlib.Path(__file__).resolve().parent
 
 
+def _deselected() -> list[str]:
+    """conftest's UNVERIFIED entries for this suite, as -k filters, when CI asks to leave them out."""
+    from conftest import UNVERIFIED
+
+    if os.environ.get("LZN_SKIP_UNVERIFIED") != "1":
+        return []
+    names = [entry.split("::")[-1] for entry in UNVERIFIED if "::" in entry and entry.split("::")[0] in _SUITE_FILES]
+    files = [entry for entry in UNVERIFIED if "::" not in entry and entry in _SUITE_FILES]
+    skip = [f"not {name}" for name in names] + [f"not {file.removesuffix('.py')}" for file in files]
+    return ["-k", " and ".join(skip)] if skip else []
+
+
+_SUITE_FILES = {path.name for path in (HERE / "multidevice").glob("test_*.py")}
+
+
 def test_multidevice_suite_passes_on_8_cpu_devices():
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -19,7 +34,7 @@ def test_multidevice_suite_passes_on_8_cpu_devices():
     env["LZN_MULTIDEVICE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "multidevice")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "multidevice"), *_deselected()],
         env=env,
         capture_output=True,
         text=True,
