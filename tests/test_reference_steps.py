@@ -19,7 +19,8 @@ Tolerances (relative to the largest entry of each array unless said otherwise):
   absolute 1e-8, ode_error absolute 1e-12.
 - float32 (the default numerics, precision "highest"): losses and grad norm `F32_FACTOR` × the deviation of the
   official trainer's own float32 run from its float64 run (`f32/*`, per file), at least `F32_FLOOR`; Σp, Σp²
-  per tensor 1e-5; elements absolute `F32_ELEMENT`·Σ lr (a float32 gradient may flip Adam's near-sign m/√v where
+  per tensor that deviation itself, at least 1e-5 (parameters move with their float32 gradients: in case 2 the
+  official float32 gradient norm is 1.3e-3 off its float64 one, and our Σp reach 1.3e-4 at step 2); elements absolute `F32_ELEMENT`·Σ lr (a float32 gradient may flip Adam's near-sign m/√v where
   |g| ~ eps = 1e-8, a move of up to ~2 lr).
 """
 
@@ -240,8 +241,9 @@ def run_and_check(path, dtype: str) -> dict:
     if dtype == "float64":
         tol = dict(F64)
     else:
-        looser = max(F32_FLOOR, F32_FACTOR * official_float32_deviation(ref, num_steps))
-        tol = dict(loss=looser, grad_norm=looser, lr=1e-6, sums=1e-5, element=F32_ELEMENT, probability=looser,
+        deviation = official_float32_deviation(ref, num_steps)
+        looser = max(F32_FLOOR, F32_FACTOR * deviation)
+        tol = dict(loss=looser, grad_norm=looser, lr=1e-6, sums=max(F32_FLOOR, deviation), element=F32_ELEMENT, probability=looser,
                    ode_error=1e-5)  # fmt: skip
 
     check = Checker()
