@@ -10,7 +10,22 @@ import orbax.checkpoint as ocp
 
 from lzn_jax import checkpoint
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+
+
+def subprocess_env(*, devices: int = 1, cache_dir=None) -> dict:
+    """The environment of a `python -m lzn_jax.main` subprocess: CPU, this checkout first on the path, `devices`
+    forced host devices, and (with `cache_dir`) a persistent compilation cache shared by the test's runs, so
+    every process after the first loads its executables instead of compiling them."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    if cache_dir is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+    if devices > 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    return env
 
 
 def load_config(name, arg=None):

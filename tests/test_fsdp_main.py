@@ -24,7 +24,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import saved_items
+from support import saved_items, subprocess_env
 
 from lzn_jax import writers
 
@@ -48,17 +48,7 @@ TASKS = {  # task: (config file, its tiny overrides); evaluators are off in the 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-    return env
+    return subprocess_env(devices=8, cache_dir=tmp_path_factory.mktemp("jax_cache"))
 
 
 def start(env, task, workdir, *, fsdp, steps) -> subprocess.Popen:

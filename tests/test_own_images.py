@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import support
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -41,8 +43,7 @@ def test_the_readme_own_images_commands_train_all_three_compositions_and_embed_a
     write_folder(tmp_path)
     block = readme_block("Train on your own images")
     block = re.sub(r"(--config=configs/\w+\.py)", r"\1:runlocal", block)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))  # fmt: skip
+    env = dict(support.subprocess_env(), PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
     result = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     for name in ("my_gen", "my_repr", "my_joint"):

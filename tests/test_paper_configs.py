@@ -11,7 +11,6 @@ evaluator that needs a module the composition lacks), an FSDP layout that `main`
 config that only works on the digits source.
 """
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -108,8 +107,7 @@ def test_paper_config_trains_and_evaluates_through_main(name, layout, tfds_dir, 
         f"--config.num_train_steps={STEPS}", f"--config.mesh.fsdp={layout == 'fsdp'}",
         *evaluator_overrides(config, inception_weights),
     ]  # fmt: skip
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env = support.subprocess_env(devices=8)
     result = subprocess.run([sys.executable, "-c", _MAIN_UNDER_MOCK, mock_dir, str(NUM_EXAMPLES), *args], env=env,
                             capture_output=True, text=True, timeout=3600, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, f"{name} ({layout}) failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"

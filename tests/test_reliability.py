@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from support import load_config, saved_items
+from support import load_config, saved_items, subprocess_env
 
 from lzn_jax import checkpoint, configlib, parallel, train, writers
 
@@ -55,17 +55,7 @@ def cli(workdir, **changes) -> list[str]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    return env
+    return subprocess_env(devices=2, cache_dir=tmp_path_factory.mktemp("jax_cache"))
 
 
 class Process:
