@@ -3,6 +3,8 @@
 import glob
 import os
 import pathlib
+import sys
+import tempfile
 
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,7 +32,16 @@ def reference_files(pattern: str) -> list[str]:
 
 
 def pytest_configure(config):
-    """The one registration of the `slow` marker: `pytest -m "not slow" tests` is the fast tier developers run."""
+    """The one registration of the `slow` marker: `pytest -m "not slow" tests` is the fast tier developers run.
+
+    Also a persistent JAX compilation cache shared by the session's processes (xdist workers and the
+    `python -m lzn_jax.main` subprocesses inherit it): the suite compiles the same small programs many times over
+    (every run of a tiny digits config compiles the same init and train step), and on CPU compiling dominates.
+    Set JAX_COMPILATION_CACHE_DIR yourself to move it, or to an empty string to switch it off.
+    """
+    if "jax" not in sys.modules:  # only before JAX reads its configuration
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"lzn_jax_tests_{os.getuid()}"))
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
     config.addinivalue_line(
         "markers",
         "slow: subprocess training runs, the notebook, multi-process, multi-device and learning runs (> ~15 s); "
