@@ -82,8 +82,6 @@ UNVERIFIED = (
     "test_reliability.py::test_the_log_has_one_line_per_phase",
     "test_train.py::*dtype=bfloat16",
     "test_numerics.py::*bfloat16",
-    "test_api_sharded.py",
-    "test_train_sharded.py::test_setup_converts_a_checkpoint_of_the_other_fsdp_layout",
 )
 
 
