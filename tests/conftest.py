@@ -78,8 +78,6 @@ UNVERIFIED = (
     "test_scale_rehearsal.py::test_rehearsal_",
     "test_device_check.py",
     "test_own_images.py",
-    "test_reliability.py::test_sigint_during_the_first_compile",
-    "test_reliability.py::test_the_log_has_one_line_per_phase",
     "test_train.py::*dtype=bfloat16",
     "test_numerics.py::*bfloat16",
 )
