@@ -78,7 +78,6 @@ UNVERIFIED = (
     "test_scale_rehearsal.py::test_rehearsal_",
     "test_device_check.py",
     "test_own_images.py",
-    "test_train.py::*dtype=bfloat16",
     "test_numerics.py::*bfloat16",
 )
 
