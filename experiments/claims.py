@@ -77,7 +77,7 @@ class Budget:
     quick: bool = False
 
 
-FULL = Budget(seeds=(0, 1, 2), gen_steps=200, joint_steps=200, repr_steps=25, batch_sizes=(32, 64, 128),
+FULL = Budget(seeds=(0, 1, 2), gen_steps=200, joint_steps=100, repr_steps=25, batch_sizes=(32, 64, 128),
               num_samples=360, recon_num=128)  # fmt: skip
 QUICK = Budget(seeds=(0, 1), gen_steps=2, joint_steps=2, repr_steps=2, batch_sizes=(16,), num_samples=64,
                recon_num=16, probe_epochs=5, euler_steps=(10,), quick=True)  # fmt: skip
