@@ -82,9 +82,56 @@ def page(record: dict, figure_name: str) -> str:
             lines.append(f"| {claim if i == 0 else ''} | {metric if i == 0 else ''} | {arm} | "
                          f"{_ms(rec['summary'][arm], scale, digits)} | {len(values)} | {_values(values, scale, digits)} "
                          f"| {verdict} |")  # fmt: skip
-    lines += ["", *_generation(record["claims"].get("generation")), *_representation(record["claims"].get("representation"), record["budget"]["quick"]),
+    lines += ["", *_learned(record), *_generation(record["claims"].get("generation")), *_representation(record["claims"].get("representation"), record["budget"]["quick"]),
               *_joint(record["claims"].get("joint"))]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _gap(rec, arm_a, arm_b, scale=1.0) -> tuple[float, float]:
+    """(mean of arm_a − mean of arm_b, pooled std), both × scale."""
+    a, b = (np.asarray(rec["arms"][arm], np.float64) for arm in (arm_a, arm_b))
+    pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2) if min(len(a), len(b)) > 1 else 0.0
+    return (a.mean() - b.mean()) * scale, pooled * scale
+
+
+def _learned(record) -> list[str]:
+    """What the numbers say, in sentences computed from the record (no number is typed in)."""
+    claims, out = record["claims"], ["## What was learned", ""]
+    out.append("These are short runs (a fraction of each config's steps, see the budget): every verdict is about this "
+               "budget on digits, not about the paper's regime.")  # fmt: skip
+    if "generation" in claims:
+        rec = claims["generation"]
+        d = rec["details"]
+        gap, pooled = _gap(rec, "lzn", "rf")
+        (first, fd_first), *more = d["fd"].items()
+        line = (f"- generation: the LZN latent changes the Fréchet distance by {gap:+.2f} ({gap / max(abs(np.mean(fd_first['rf'])), 1e-12) * 100:+.0f} % "
+                f"of the plain RF's; pooled std {pooled:.2f}) at Euler {first}")  # fmt: skip
+        for steps, fd in more:
+            g = np.mean(fd["lzn"]) - np.mean(fd["rf"])
+            line += f", by {g:+.2f} at Euler {steps} ({g / np.mean(fd['rf']) * 100:+.0f} %)"
+        recon = {k: {arm: np.mean(v) for arm, v in per.items()} for k, per in d["recon_l2"].items()}
+        line += ("; inversion → regeneration error " + ", ".join(
+            f"LZN {r['lzn']:.2f} vs RF {r['rf']:.2f} at Euler {k}" for k, r in recon.items()) + ".")  # fmt: skip
+        out.append(line)
+    if "representation" in claims:
+        rec = claims["representation"]
+        d = rec["details"]
+        means = {arm: np.mean(v) * 100 for arm, v in rec["arms"].items()}
+        pixels = d["pixels"] * 100
+        above = [arm for arm in ("lzn", "simclr") if d[f"{arm}_vs_untrained"]["verdict"] == "holds"]
+        out.append(
+            f"- representation: after {d['steps']} steps the probe reads LZN {means['lzn']:.1f} %, SimCLR "
+            f"{means['simclr']:.1f} %, the untrained network {means['untrained']:.1f} %, raw pixels {pixels:.1f} %. "
+            + (f"Only {' and '.join(above)} clearly beat{'s' if len(above) == 1 else ''} the untrained network."
+               if above else "Neither method's features clearly beat the untrained network's at this budget.")
+            + (" Both trained encoders probe below raw pixels." if max(means["lzn"], means["simclr"]) < pixels else "")
+        )  # fmt: skip
+    if "joint" in claims:
+        rec = claims["joint"]
+        gap, pooled = _gap(rec, "lzn_joint", "label_only", 100)
+        out.append(f"- joint: the generative (RF) loss changes the test accuracy by {gap:+.1f} points (pooled std "
+                   f"{pooled:.1f}) against the label loss alone.")  # fmt: skip
+    return out + [""]
 
 
 def _deeper(rec, scale=1.0, digits=2) -> list[str]:
