@@ -68,7 +68,7 @@ def pytest_ignore_collect(collection_path, config):
 
 
 
-# Slow tests written in stop 11 that have not yet run to completion on the 2-core machine (its CPU was shared by
+# Slow tests written in stops 11-12 that have not yet run to completion on the 2-core machine (its CPU was shared by
 # six sessions at load 30-40). CI sets LZN_SKIP_UNVERIFIED=1 and leaves them out until a quiet run shows them
 # green; `pytest tests` runs them. Entries are node-id fragments ('*' joins fragments that must all appear).
 # Remove an entry once it has passed. tests/test_multidevice.py passes its entries on to the 8-device run.
@@ -78,6 +78,7 @@ UNVERIFIED = (
     "test_scale_rehearsal.py::test_rehearsal_",
     "test_device_check.py",
     "test_own_images.py",
+    "test_claims.py",  # experiments/claims.py --quick: still running at the stop (over 17 min on one shared core)
     "test_numerics.py::*bfloat16",
 )
 
