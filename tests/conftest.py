@@ -78,13 +78,18 @@ UNVERIFIED = (
     "test_scale_rehearsal.py::test_rehearsal_",
     "test_device_check.py",
     "test_own_images.py",
-    "test_claims.py",  # experiments/claims.py --quick: still running at the stop (over 17 min on one shared core)
     "test_numerics.py::*bfloat16",
 )
 
 
+# Slow tests seen green but left out of CI (LZN_SKIP_UNVERIFIED=1) only to keep it well inside its 90 minutes until
+# the suite is faster (issue 14); `pytest tests` runs them. test_claims: 1127 s on one shared core (stop 12).
+TOO_SLOW_FOR_CI = ("test_claims.py",)
+
+
 def is_unverified(nodeid: str) -> bool:
-    return any(all(part in nodeid for part in entry.split("*")) for entry in UNVERIFIED)
+    """Whether CI leaves the test out: not yet seen green (UNVERIFIED), or too slow for CI (TOO_SLOW_FOR_CI)."""
+    return any(all(part in nodeid for part in entry.split("*")) for entry in UNVERIFIED + TOO_SLOW_FOR_CI)
 
 
 def pytest_collection_modifyitems(config, items):
