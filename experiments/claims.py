@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import pathlib
@@ -88,10 +87,7 @@ QUICK = Budget(seeds=(0, 1), gen_steps=2, joint_steps=2, repr_steps=2, batch_siz
 
 def load_config(name: str, quick: bool):
     """configs/<name>.py's get_config() (`:runlocal` in quick mode), as `lzn_jax.main --config` loads it."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal" if quick else None)
+    config = results.load_config(name, "runlocal" if quick else None)
     if quick and config.encoder.get("name") == "resnet":  # runlocal's ResNet-50 compiles slowly: a ResNet-10
         config.encoder.update(dict(depth=18, stage_blocks=(1, 1, 1, 1)))
     if quick:
@@ -117,13 +113,7 @@ def make_config(name, *, budget: Budget, seed: int, steps: int, evals=(), **over
     return config
 
 
-def final_metrics(workdir: str) -> dict[str, float]:
-    """The eval/ metrics of the run's metrics.jsonl, the last value of each."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            out.update({k: v for k, v in json.loads(line).items() if k.startswith("eval/")})
-    return out
+final_metrics = results.final_eval_metrics
 
 
 def run(workdir: str, config, score=None) -> dict:

@@ -17,8 +17,6 @@ numbers are read from those files.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import pathlib
 import sys
@@ -35,20 +33,8 @@ import results  # noqa: E402  (experiments/results.py)
 CONFIGS = ("digits_joint", "digits_repr", "digits_simclr", "digits_gen")
 
 
-def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def final_metrics(workdir):
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            out.update({k: v for k, v in record.items() if k.startswith("eval/")})
-    return out
+load_config = results.load_config
+final_metrics = results.final_eval_metrics
 
 
 def main():

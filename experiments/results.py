@@ -8,6 +8,7 @@ load are slower than on a quiet machine) and the script's own numbers.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -46,3 +47,20 @@ def write(name: str, numbers: dict) -> pathlib.Path:
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {os.path.relpath(path, ROOT)}")
     return path
+
+
+def load_config(name: str, arg=None):
+    """configs/<name>.py's `get_config(arg)`, loaded from its path as `python -m lzn_jax.main --config` does."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def final_eval_metrics(workdir: str) -> dict:
+    """The eval/ metrics of a run's metrics.jsonl, the last value of each."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            out.update({k: v for k, v in json.loads(line).items() if k.startswith("eval/")})
+    return out
