@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 from typing import Optional
@@ -48,7 +47,7 @@ class LZN:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "LZN":
-        configlib.check(config)
+        configlib.check(config, evals=False)  # inference: the training run's evaluator settings do not matter
         return cls(task=tasks.build(config), config=config)
 
     # ------------------------------------------------------------------ input checks
@@ -248,7 +247,7 @@ def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.
             raise FileNotFoundError(f"{workdir!r} has no config.json (it is not a --workdir of lzn_jax.main): pass "
                                     "the config the checkpoint was made with, api.load(directory, config=...).")  # fmt: skip
         with open(path, encoding="utf-8") as f:
-            config = ml_collections.ConfigDict(json.load(f))
+            config = configlib.from_json(f.read())
     lzn = LZN.from_config(config)
     abstract = jax.eval_shape(lzn.task.init, jax.random.key(0), data.batch_spec(config.data, 2))
     sharding = _params_sharding(mesh)
