@@ -52,7 +52,7 @@ def hq256_generation(*, name, data_dir, train_split, test_split, steps, encoder_
     config.latent_dim = 200
     config.num_classes = 1
     config.data.update(dict(source="image_folder", name=name, data_dir=data_dir, train_split=train_split,
-                            test_split=test_split, image_size=256, num_channels=3, num_classes=1, augmentation="flip"))  # fmt: skip
+                            test_split=test_split, image_size=256, num_channels=3, augmentation="flip"))  # fmt: skip
     hq256_models(config)
     config.zoning.update(dict(solver="dpm_solver++", num_steps=20))
     official_training(
@@ -78,7 +78,6 @@ def digits_data(config, *, num_views=1, augmentation="none"):
     config.data.name = "digits"
     config.data.image_size = 16
     config.data.num_channels = 1
-    config.data.num_classes = 10
     config.data.num_views = num_views
     config.data.augmentation = augmentation
     config.num_classes = 10

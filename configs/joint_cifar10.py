@@ -21,8 +21,7 @@ def get_config(arg=None):
     config.conditional = True
     config.latent_dim = 200
     config.num_classes = 10
-    config.data.update(dict(source="tfds", name="cifar10", image_size=32, num_channels=3, num_classes=10,
-                            augmentation="flip"))  # fmt: skip
+    config.data.update(dict(source="tfds", name="cifar10", image_size=32, num_channels=3, augmentation="flip"))  # fmt: skip
     config.encoder = common.ncsnpp_encoder(common.CIFAR10_TRUNK)
     config.decoder = common.ncsnpp_decoder(common.CIFAR10_TRUNK)
     config.label_anchors = ml_collections.ConfigDict(dict(name="label_anchors"))

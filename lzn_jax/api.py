@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
-import json
 import logging
 import os
 from typing import Optional
@@ -35,14 +33,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lzn_jax import checkpoint, configlib, data, tasks
+from lzn_jax import checkpoint, configlib, data, tasks, zoning
 
 IMAGE_LIMIT = 1.5  # eager calls refuse images beyond this: [0, 255] data, or values that are not images
-
-
-def _concrete(x) -> bool:
-    """Whether x holds values here rather than being traced under jit/vmap/grad (only then are values checked)."""
-    return not isinstance(x, jax.core.Tracer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +47,7 @@ class LZN:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "LZN":
-        configlib.check(config)
+        configlib.check(config, evals=False)  # inference: the training run's evaluator settings do not matter
         return cls(task=tasks.build(config), config=config)
 
     # ------------------------------------------------------------------ input checks
@@ -77,7 +70,7 @@ class LZN:
             raise ValueError(f"`{name}` is empty.")
         if not jnp.issubdtype(images.dtype, jnp.floating):
             raise TypeError(f"`{name}` must be floating point in [-1, 1]; got {images.dtype}. Use x / 127.5 - 1 for uint8.")
-        if _concrete(images):
+        if zoning.concrete(images):
             values = np.asarray(images, np.float32)
             if not np.all(np.isfinite(values)):
                 raise ValueError(f"`{name}` contains NaN or inf values; images must be finite, in [-1, 1].")
@@ -96,7 +89,7 @@ class LZN:
         if labels.shape[0] == 0:
             raise ValueError("`labels` is empty: pass at least one label.")
         num_classes = self.task.num_classes
-        if _concrete(labels) and not np.all((np.asarray(labels) >= 0) & (np.asarray(labels) < num_classes)):
+        if zoning.concrete(labels) and not np.all((np.asarray(labels) >= 0) & (np.asarray(labels) < num_classes)):
             raise ValueError(f"`labels` must be in [0, {num_classes}); got values in "
                              f"[{np.min(labels)}, {np.max(labels)}].")  # fmt: skip
         return jnp.asarray(labels, jnp.int32)
@@ -104,7 +97,7 @@ class LZN:
     def _prior_std(self, prior_std):
         if jnp.ndim(prior_std) != 0:
             raise ValueError(f"`prior_std` must be a scalar; got shape {jnp.shape(prior_std)}.")
-        if _concrete(prior_std) and not (np.isfinite(prior_std) and prior_std >= 0):
+        if zoning.concrete(prior_std) and not (np.isfinite(prior_std) and prior_std >= 0):
             raise ValueError(f"`prior_std` must be a finite number >= 0 (0: deterministic latents); got {prior_std}.")
         return prior_std
 
@@ -115,7 +108,7 @@ class LZN:
         if getattr(class_weights, "shape", None) != (num_classes,):
             raise ValueError(f"`class_weights` must have shape [{num_classes}] (one weight per class); got "
                              f"{getattr(class_weights, 'shape', type(class_weights).__name__)}.")  # fmt: skip
-        if _concrete(class_weights):
+        if zoning.concrete(class_weights):
             values = np.asarray(class_weights, np.float64)
             if not (np.all(np.isfinite(values) & (values >= 0)) and np.any(values > 0)):
                 raise ValueError(f"`class_weights` must be finite, >= 0 and not all 0; got {values.tolist()}.")
@@ -129,46 +122,28 @@ class LZN:
                              f"shape {shape if hasattr(x, 'shape') else type(x).__name__}.")  # fmt: skip
         return self._images(jnp.reshape(x, (1,) + self.image_shape), name)
 
-    def _need(self, what: str, ok: bool) -> None:
-        if not ok:
-            raise ValueError(f"This model (task={self.config.task!r}, conditional={self.config.conditional}) cannot {what}.")
+    def _need(self, what: str, *capabilities: str) -> None:
+        """ValueError saying what this model cannot do unless its task has `capabilities` (lzn_jax.tasks.protocol)."""
+        tasks.require(self.task, *capabilities, message=f"This model (task={self.config.task!r}, "
+                      f"conditional={self.config.conditional}) cannot {what}.")  # fmt: skip
 
     # ------------------------------------------------------------------ compositions
 
     def embed(self, params, images, *, apply_head: bool = True) -> jax.Array:
         """Image encoder: images [B, H, W, C] -> anchors [B, Dz] (apply_head=False: pre-head features)."""
         images = self._images(images)
-        if hasattr(self.task, "embed"):
-            self._need_head_option(apply_head)
-            return self.task.embed(params, images, apply_head=apply_head)
-        self._need("embed images (it has no image encoder)", self.task.encoder is not None)
-        self._need_head_option(apply_head)
-        return self.task.encoder.apply({"params": params["encoder"]}, images, train=False)
-
-    def _need_head_option(self, apply_head: bool) -> None:
-        """apply_head=False only means something for an encoder with a separate projection head (ResNet)."""
-        if not apply_head and "apply_head" not in inspect.signature(type(self.task.encoder).__call__).parameters:
-            raise ValueError(
-                f"apply_head=False: this model's image encoder ({type(self.task.encoder).__name__}) has no separate "
-                "head (its anchor heads are part of the network); its only output is the anchor, apply_head=True."
-            )
+        self._need("embed images (it has no image encoder)", tasks.EMBEDS)
+        # apply_head=False with an encoder that has no separate head: ValueError from the task, before compute.
+        return self.task.embed(params, images, apply_head=apply_head)
 
     def latents(self, params, images, *, key, context=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder + forward flow: latents [B, Dz] of `images`, zoned together with `context` images."""
-        self._need("compute latents (it has no image encoder)", getattr(self.task, "encoder", None) is not None)
+        self._need("compute latents (it has no image encoder with a latent flow)", tasks.ZONES)
         images = self._images(images)
         prior_std = self._prior_std(prior_std)
         batch = images if context is None else jnp.concatenate([images, self._images(context, "context")])
         prior = prior_std * jax.random.normal(key, (batch.shape[0], self.task.latent_dim))
-        if hasattr(self.task, "image_latents"):
-            lat = self.task.image_latents(params, batch, prior)
-        else:  # representation tasks zone their embeddings with the case-study-2 flow
-            from lzn_jax import zoning
-
-            anchors = self.task.embed(params, batch)
-            lat = zoning.latents(anchors, prior * self.task.prior_scale, num_steps=self.task.num_steps,
-                                 solver=self.task.solver)  # fmt: skip
-        return lat[: images.shape[0]]
+        return self.task.image_latents(params, batch, prior)[: images.shape[0]]
 
     def classify(self, params, images, *, key, context=None, class_weights=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder → reverse flow over label anchors → nearest label anchor: labels [B].
@@ -178,7 +153,7 @@ class LZN:
         official tunable-std evaluation, usually the most accurate), 1 the official ClassAccuracy.
         Returns labels in [0, num_classes), or -1 where the latent is not finite (unchecked input under jit).
         """
-        self._need("classify (it has no label anchors)", getattr(self.task, "conditional", False))
+        self._need("classify (it has no label anchors)", tasks.CLASSIFIES, tasks.ZONES)
         class_weights = self._class_weights(class_weights)
         lat = self.latents(params, images, key=key, context=context, prior_std=prior_std)
         labels = self.task.classify_latents(params, lat, class_weights)
@@ -191,8 +166,8 @@ class LZN:
         labels: [B] ints in [0, num_classes) for a label-conditional model (under jit, unchecked: an image whose
         label is out of range comes back NaN); num: a positive int for an unconditional one.
         """
-        self._need("generate images (it has no decoder)", hasattr(self.task, "sample"))
-        if getattr(self.task, "conditional", False):
+        self._need("generate images (it has no decoder)", tasks.GENERATES)
+        if self.task.conditional:
             if labels is None:
                 raise ValueError("This model is label-conditional: pass labels [B] (ints in [0, num_classes)).")
             labels = self._labels(labels)
@@ -208,11 +183,10 @@ class LZN:
 
     def reconstruct(self, params, images, *, key, labels=None, context=None, sampler: str = "euler") -> jax.Array:
         """Image → latent → initial noise (decoder ODE backwards) → image again: [B, H, W, C]."""
-        self._need("reconstruct (it needs an image encoder and a decoder)",
-                   hasattr(self.task, "invert") and self.task.encoder is not None)  # fmt: skip
+        self._need("reconstruct (it needs an image encoder and a decoder)", tasks.ZONES, tasks.GENERATES, tasks.INVERTS)
         images = self._images(images)
         lat = self.latents(params, images, key=key, context=context)
-        if self.task.conditional and labels is None:
+        if tasks.can(self.task, tasks.CLASSIFIES) and labels is None:
             labels = self.task.classify_latents(params, lat)
         noise = self.task.invert(params, images, lat, labels, sampler=sampler)
         return self.task.decode(params, noise, lat, labels, sampler=sampler)
@@ -232,11 +206,12 @@ class LZN:
             )
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 2:
             raise ValueError(f"`steps` must be an int, at least 2 (the two ends); got {steps!r}.")
+        self._need("interpolate (it needs an image encoder and a decoder)", tasks.ZONES, tasks.GENERATES)
         pair = jnp.concatenate([self._single_image(a, "a"), self._single_image(b, "b")])
         k_latent, k_noise = jax.random.split(key)
         lat_a, lat_b = self.latents(params, pair, key=k_latent, context=context)
         path = slerp(lat_a, lat_b, jnp.linspace(0.0, 1.0, steps))
-        labels = self.task.classify_latents(params, path) if self.task.conditional else None
+        labels = self.task.classify_latents(params, path) if tasks.can(self.task, tasks.CLASSIFIES) else None
         noise = jnp.broadcast_to(jax.random.normal(k_noise, self.image_shape), (steps,) + self.image_shape)
         return self.task.decode(params, noise, path, labels, sampler=sampler)
 
@@ -272,7 +247,7 @@ def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.
             raise FileNotFoundError(f"{workdir!r} has no config.json (it is not a --workdir of lzn_jax.main): pass "
                                     "the config the checkpoint was made with, api.load(directory, config=...).")  # fmt: skip
         with open(path, encoding="utf-8") as f:
-            config = ml_collections.ConfigDict(json.load(f))
+            config = configlib.from_json(f.read())
     lzn = LZN.from_config(config)
     abstract = jax.eval_shape(lzn.task.init, jax.random.key(0), data.batch_spec(config.data, 2))
     sharding = _params_sharding(mesh)

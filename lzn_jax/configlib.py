@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import os
 from typing import Any, Iterable
 
@@ -18,7 +19,6 @@ import ml_collections
 from lzn_jax import data as data_lib
 
 MODULES = ("encoder", "decoder", "label_anchors")  # the parameter groups; each gets its own lr, EMA, schedule
-TASKS = ("generation", "representation", "simclr")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,10 +33,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.max_consecutive_skips = 50  # this many non-finite steps in a row stop the run
     c.latent_dim = 200
-    c.num_classes = 10
+    c.num_classes = 10  # classes the labels take (1: unlabeled / unconditional); data.num_classes is this field
     c.conditional = False  # generation: label anchors + one-hot label into the decoder
 
     c.data = data_lib.default_config()
+    link_num_classes(c)
 
     # Model sections: `name` is a key of lzn_jax.models; the other fields go to the module unchanged.
     c.encoder = ml_collections.ConfigDict({"name": ""})
@@ -95,6 +96,25 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def link_num_classes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Makes `config.data.num_classes` the same field as `config.num_classes` (an ml_collections reference).
+
+    One fact, two names: the data pipelines read `data.num_classes` (they see the data section alone), the tasks
+    `num_classes`; setting either (`--config.num_classes=3` or `--config.data.num_classes=3`) sets both. Configs
+    set `config.num_classes` only. A config read back from JSON holds two plain values: linked again here when they
+    agree, reported by `check` when they do not.
+    """
+    if config.data.num_classes == config.num_classes:
+        with config.unlocked():
+            config.data.num_classes = config.get_ref("num_classes")
+    return config
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A config saved as config.json by `lzn_jax.main` (`to_json_best_effort`), read back with num_classes linked."""
+    return link_num_classes(ml_collections.ConfigDict(json.loads(text)))
+
+
 def override(config: ml_collections.ConfigDict, **updates: Any) -> ml_collections.ConfigDict:
     """Sets dotted keys (`override(c, **{"data.image_size": 16})`), with the nearest-key error of `check`."""
     for dotted, value in updates.items():
@@ -120,12 +140,24 @@ def _parent(config, dotted):
     return node, leaf
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-    """Validates a config before any compute starts; raises ValueError naming the key and the fix."""
+def check(config: ml_collections.ConfigDict, *, evals: bool = True) -> None:
+    """Validates a config before any compute starts; raises ValueError naming the key and the fix.
+
+    evals=False leaves `config.evals` unchecked (inference: `api` loads no evaluator, and the files a training
+    run's evaluators read need not exist where its checkpoint is used).
+    """
     _check_section(config, base_config(), "config")
     data_lib.validate_config(config.data)
-    if config.task not in TASKS:
-        raise ValueError(f"config.task={config.task!r} is not a task; use one of {TASKS}.")
+    if config.data.num_classes != config.num_classes:
+        raise ValueError(
+            f"config.num_classes={config.num_classes} but config.data.num_classes={config.data.num_classes}: they are "
+            "one fact (the classes the labels take; 1 for unlabeled data). Set config.num_classes alone (base_config "
+            "makes data.num_classes follow it), or set both to the same value."
+        )
+    from lzn_jax import tasks  # deferred: tasks import models, which this module must not need
+
+    if config.task not in tasks.names():
+        raise ValueError(f"config.task={config.task!r} is not a task; use one of {tasks.names()}.")
     _positive(config, ("batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps", "latent_dim"))
     if config.zoning.solver not in ("euler", "dpm_solver++") or config.zoning.label_solver not in ("euler", "dpm_solver++"):
         raise ValueError("config.zoning.solver and label_solver must be 'euler' or 'dpm_solver++'.")
@@ -134,10 +166,9 @@ def check(config: ml_collections.ConfigDict) -> None:
     for module in MODULES:
         if not 0.0 <= config.ema[module] <= 1.0:
             raise ValueError(f"config.ema.{module}={config.ema[module]} must be a decay in [0, 1].")
-    from lzn_jax import tasks  # deferred: tasks import models, which this module must not need
-
     tasks.check_config(config)
-    _check_evals(config)
+    if evals:
+        _check_evals(config)
 
 
 def _check_evals(config) -> None:

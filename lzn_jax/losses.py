@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lzn_jax.zoning import nearest_anchor  # noqa: F401 -- re-exported: the losses' metrics read zones with it
+
 
 def _cutoff_step(num_steps: int, cutoff: float) -> int:
     """First step that counts: int(num_steps · cutoff), as the official trainers."""
@@ -71,12 +73,6 @@ def class_weights(
 def assignment_accuracy(log_probs: jax.Array) -> jax.Array:
     """mean_i P[last step, i, target_i]: how firmly latents sit in their own zone at the end. [S, B] -> []."""
     return jnp.mean(jnp.exp(log_probs[-1]))
-
-
-def nearest_anchor(anchors: jax.Array, points: jax.Array) -> jax.Array:
-    """Index of the nearest anchor to each point: [N, D], [B, D] -> [B] (a matmul, no [B, N, D] tensor)."""
-    dots = jnp.matmul(points, anchors.T, precision=lax.Precision.HIGHEST)
-    return jnp.argmin(jnp.sum(anchors * anchors, axis=-1) - 2.0 * dots, axis=-1)
 
 
 def ode_error(anchors: jax.Array, end_points: jax.Array) -> jax.Array:

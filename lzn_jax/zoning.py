@@ -468,13 +468,14 @@ def _check_matrix(name, x, dim=None):
     _check_finite(name, x)
 
 
-def _concrete(x) -> bool:
-    """Whether x holds values here (not a tracer under jit/vmap/grad), so checking them costs no traced sync."""
+def concrete(x) -> bool:
+    """Whether x holds values here (not None, not a tracer under jit/vmap/grad), so checking them costs no
+    traced sync. The one test of "may values be checked" (also `lzn_jax.api`'s input checks)."""
     return x is not None and not isinstance(x, jax.core.Tracer)
 
 
 def _check_finite(name, x):
-    if not _concrete(x):
+    if not concrete(x):
         return
     bad = ~np.isfinite(np.asarray(x))
     if bad.any():
@@ -512,7 +513,7 @@ def _check_weights(weights, anchors):
         )
     if not (jnp.issubdtype(weights.dtype, jnp.floating) or jnp.issubdtype(weights.dtype, jnp.integer)):
         raise TypeError(f"`weights` must be a real (float or int) array; got dtype {weights.dtype}.")
-    if _concrete(weights):
+    if concrete(weights):
         values = np.asarray(weights, np.float64)
         bad = ~(np.isfinite(values) & (values >= 0))
         if bad.any():
@@ -531,7 +532,7 @@ def _check_targets(targets, num_rows, num_anchors):
             f"`targets` must be an int array of shape [{num_rows}] (one anchor index per latent); got "
             f"{getattr(targets, 'dtype', type(targets))} {getattr(targets, 'shape', None)}."
         )
-    if _concrete(targets):
+    if concrete(targets):
         values = np.asarray(targets)
         outside = (values < 0) | (values >= num_anchors)
         if outside.any():
@@ -554,8 +555,10 @@ def _compute_dtype(*arrays):
     return jnp.result_type(jnp.float32, *[a.dtype for a in arrays if a is not None])
 
 
-def _gather(x, axis_name):
-    """Inside shard_map: every device sees all rows; gradients flow back to the owning device."""
+def gather(x, axis_name: Optional[str]):
+    """Inside shard_map: every device sees all rows [B_global, ...]; gradients flow back to the owning device.
+
+    `axis_name=None` (unsharded) or `x=None` returns x. The one all-gather of rows (also the tasks' losses)."""
     return x if axis_name is None or x is None else lax.all_gather(x, axis_name, tiled=True)
 
 
@@ -609,8 +612,8 @@ def latents(
     _check_weights(weights, anchors)
     dtype = _compute_dtype(anchors, prior, points)
     own = own_columns(anchors.shape[0], axis_name) if points is anchors else None
-    all_anchors = _gather(jnp.asarray(anchors, dtype), axis_name)
-    all_weights = _gather(None if weights is None else jnp.asarray(weights, dtype), axis_name)
+    all_anchors = gather(jnp.asarray(anchors, dtype), axis_name)
+    all_weights = gather(None if weights is None else jnp.asarray(weights, dtype), axis_name)
     zones = _make_zones(all_anchors, all_weights, _resolve_block_size(block_size, all_anchors.shape[0]))
     points, z0 = jnp.asarray(points, dtype), _start_noise(prior, dtype, solver)
     return _forward_flow(zones, points, z0, own, solver=solver, num_steps=num_steps)
@@ -667,8 +670,8 @@ def assign(
     if targets is not None:  # (with axis_name the values are traced: the range is not checked)
         _check_targets(targets, latents.shape[0], anchors.shape[0])
     dtype = _compute_dtype(anchors, latents)
-    all_anchors = _gather(jnp.asarray(anchors, dtype), axis_name)
-    all_weights = _gather(None if weights is None else jnp.asarray(weights, dtype), axis_name)
+    all_anchors = gather(jnp.asarray(anchors, dtype), axis_name)
+    all_weights = gather(None if weights is None else jnp.asarray(weights, dtype), axis_name)
     zones = _make_zones(all_anchors, all_weights, _resolve_block_size(block_size, all_anchors.shape[0]))
     if targets is None:
         targets = jnp.zeros(latents.shape[:1], jnp.int32)
@@ -695,6 +698,24 @@ def own_columns(batch_size: int, axis_name: Optional[str] = None) -> jax.Array:
     if axis_name is None:
         return local
     return local + lax.axis_index(axis_name).astype(jnp.int32) * batch_size
+
+
+def nearest_anchor(anchors: jax.Array, points: jax.Array) -> jax.Array:
+    """Index of the nearest anchor (squared Euclidean distance) to every point: `[K, D], [B, D] -> [B]` int32.
+
+    The zone a reverse flow ends in: classification reads a label from where `assign` leaves a latent among the
+    label anchors. Computed as argmin_k (|a_k|² − 2·p·a_k) in at least float32: one matmul, no `[B, K, D]` array.
+    """
+    if anchors.ndim != 2 or points.ndim != 2 or anchors.shape[1] != points.shape[1]:
+        raise ValueError(
+            f"nearest_anchor expects anchors [K, D] and points [B, D] with the same D; "
+            f"got anchors {anchors.shape} and points {points.shape}."
+        )
+    dtype = jnp.promote_types(jnp.result_type(anchors, points), jnp.float32)
+    anchors, points = anchors.astype(dtype), points.astype(dtype)
+    cross = jnp.matmul(points, anchors.T, precision=lax.Precision.HIGHEST)
+    scores = jnp.sum(anchors**2, axis=-1)[None, :] - 2.0 * cross
+    return jnp.argmin(scores, axis=-1).astype(jnp.int32)
 
 
 def sharded(fn, mesh: jax.sharding.Mesh, axis_name: str = "data"):

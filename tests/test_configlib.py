@@ -1,5 +1,6 @@
 """The base config declares every key; bad configs fail before compute with the key and the fix."""
 
+import json
 import re
 
 import ml_collections
@@ -112,3 +113,22 @@ def test_evaluator_keys_come_from_the_class_signatures(monkeypatch):
     configlib.check(with_evals(samples={"new_setting": 4, "anything": "goes to **kwargs"}))
     with pytest.raises(ValueError, match="new_setting=4.5 is a float"):
         configlib.check(with_evals(samples={"new_setting": 4.5}))
+
+
+def test_num_classes_is_one_field_under_two_names():
+    config = configlib.base_config()
+    config.num_classes = 3
+    assert config.data.num_classes == 3
+    config.data.num_classes = 1  # `--config.data.num_classes=1` sets the same fact
+    assert config.num_classes == 1
+    saved = configlib.from_json(config.to_json_best_effort())  # config.json as lzn_jax.main writes it
+    saved.num_classes = 5
+    assert saved.data.num_classes == 5
+
+
+def test_num_classes_that_disagree_are_refused_with_both_keys():
+    # Read back without from_json (two plain values, as any JSON reader gives them), then made to disagree.
+    unlinked = ml_collections.ConfigDict(json.loads(generation_config().to_json_best_effort()))
+    unlinked.data.num_classes = 1
+    with pytest.raises(ValueError, match=r"config.num_classes=10 but config.data.num_classes=1: they are one fact"):
+        configlib.check(unlinked)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from lzn_jax import models, tasks
-from lzn_jax.models.label_anchors import LabelAnchors, nearest_label
+from lzn_jax.models.label_anchors import LabelAnchors
+from lzn_jax.zoning import nearest_anchor as nearest_label
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -32,14 +32,15 @@ import numpy as np
 
 from lzn_jax import data, losses, parallel
 from lzn_jax.evaluators import common
+from lzn_jax.tasks import protocol
 
 
 class ClassAccuracy:
     def __init__(self, *, task, config, mesh, workdir=None, writer=None, splits=("test", "train"), stds=(1.0,),
                  batch_size=None, metric="accuracy", shuffle_seed=0, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None,
                  seed=0):  # fmt: skip
-        if not getattr(task, "conditional", False):
-            raise ValueError("The class_accuracy evaluator needs a conditional generation task (label anchors).")
+        message = "The class_accuracy evaluator needs a conditional generation task (label anchors)."
+        protocol.require(task, protocol.CLASSIFIES, protocol.ZONES, message=message)
         self.task, self.config, self.mesh = task, config, mesh
         self.splits, self.stds = tuple(splits), tuple(float(s) for s in stds)
         self.batch_size = batch_size or config.eval_batch_size

@@ -11,11 +11,12 @@ import numpy as np
 
 from lzn_jax import data, parallel
 from lzn_jax.evaluators import common, fid, images, linear_probe
+from lzn_jax.tasks import protocol
 
 
 def _check_generation(task, name):
-    if not hasattr(task, "decode"):
-        raise ValueError(f"The {name} evaluator needs a generation task (a decoder); config.task is something else.")
+    protocol.require(task, protocol.GENERATES, message=f"The {name} evaluator needs a generation task (a decoder); "
+                     "config.task is something else.")  # fmt: skip
 
 
 class _Sampler:
@@ -88,8 +89,8 @@ class Reconstruction:
     def __init__(self, *, task, config, mesh, workdir, writer=None, sampler="euler", num=64, repeats=2, weights=None,
                  seed=0):  # fmt: skip
         _check_generation(task, "reconstruction")
-        if task.encoder is None:
-            raise ValueError("The reconstruction evaluator needs an image encoder (LZN latents).")
+        protocol.require(task, protocol.ZONES, protocol.INVERTS,
+                         message="The reconstruction evaluator needs an image encoder (LZN latents).")  # fmt: skip
         self.task, self.config, self.mesh, self.workdir, self.writer = task, config, mesh, workdir, writer
         self.sampler, self.num, self.repeats, self.seed = sampler, num, repeats, seed
         self.weights = common.check_weights(weights)
@@ -97,7 +98,7 @@ class Reconstruction:
 
     def _local(self, params, x, labels, mask, prior, *, axis_name):
         latent = self.task.image_latents(params, x, prior, axis_name=axis_name, mask=mask)
-        known = labels if self.task.conditional else None
+        known = labels if protocol.can(self.task, protocol.CLASSIFIES) else None
         noise = self.task.invert(params, x, latent, known, sampler=self.sampler)
         return self.task.decode(params, noise, latent, known, sampler=self.sampler)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from lzn_jax import data, parallel, writers
 from lzn_jax.evaluators import common, export, linear_probe
+from lzn_jax.tasks import protocol as task_protocol  # `protocol` is also the linear probe's argument
 
 
 class _Embedder:
@@ -80,8 +81,8 @@ class LinearProbe:
     def __init__(self, *, task, config, mesh, workdir=None, writer=None, protocol="augmented", modes=("no_head",),
                  include_pixels=False, lr=3e-4, num_epochs=300, batch_size=8192, weight_decay=0.0, standardize=False,
                  max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None, seed=0):  # fmt: skip
-        if not hasattr(task, "embed"):
-            raise ValueError("linear_probe needs an encoder task (representation or simclr).")
+        task_protocol.require(task, task_protocol.EMBEDS,
+                              message="linear_probe needs an encoder task (representation or simclr).")  # fmt: skip
         if protocol not in linear_probe.PROTOCOLS:
             raise ValueError(f"linear_probe protocol={protocol!r}; expected one of {linear_probe.PROTOCOLS}.")
         if protocol == linear_probe.AUGMENTED and standardize:
@@ -186,8 +187,8 @@ class ExportEmbeddings:
     """
 
     def __init__(self, *, task, config, mesh, workdir, writer=None, split="test", apply_head=False, num_per_class=None):
-        if not hasattr(task, "embed"):
-            raise ValueError("export needs an encoder task (representation or simclr).")
+        task_protocol.require(task, task_protocol.EMBEDS,
+                              message="export needs an encoder task (representation or simclr).")  # fmt: skip
         self.task, self.config, self.embed, self.workdir = task, config, _Embedder(task, mesh), workdir
         self.batches = _split_fn(config, split, config.eval_batch_size)
         self.split, self.apply_head, self.num_per_class = split, apply_head, num_per_class

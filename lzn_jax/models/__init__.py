@@ -1,8 +1,10 @@
 """Model registry: the one place where a config's `name` becomes a Flax module.
 
-Every model config is a flat ConfigDict `{name: <registry key>, **module fields}`; `build` passes the fields
-to the module's constructor unchanged, so a config reads like the module's signature. Modules are imported
-lazily (no import-side-effect registration).
+Every model is a Flax module that also owns `check_image_size(image_size, where)` (a ValueError naming the
+config section `where` when the network cannot take `image_size` x `image_size` images; called by
+`tasks.check_config` before any compute). Every model config is a flat ConfigDict
+`{name: <registry key>, **module fields}`; `build` passes the fields to the module's constructor unchanged, so
+a config reads like the module's signature. Modules are imported lazily (no import-side-effect registration).
 """
 
 from __future__ import annotations

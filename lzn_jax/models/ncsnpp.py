@@ -42,6 +42,15 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{field}={value!r} is not supported; use one of {choices}.")
 
 
+def _check_resolutions(wanted, sizes, where, image_size) -> None:
+    missing = sorted(set(wanted) - set(sizes))
+    if missing:
+        raise ValueError(
+            f"{where}={tuple(wanted)}: the network never has resolution(s) {missing} at data.image_size={image_size} "
+            f"(its feature maps are {sizes}); choose among those sizes."
+        )
+
+
 class NCSNPPTrunk(nn.Module):
     """Base class: architecture fields shared by encoder and decoder, and the contracting path they both run.
 
@@ -86,6 +95,24 @@ class NCSNPPTrunk(nn.Module):
 
     def _attn(self, name: str) -> nn.Module:
         return layerspp.AttnBlockpp(skip_rescale=self.skip_rescale, init_scale=self.init_scale, name=name, **self._kw)
+
+    @nn.nowrap
+    def check_image_size(self, image_size: int, where: str) -> list[int]:
+        """ValueError unless the network takes `image_size` x `image_size` images (`where`: its config section).
+
+        NCSN++ halves the feature map between levels and doubles it back: the size must halve exactly at every
+        level, and the attention (and anchor-head) resolutions must be sizes that occur. Returns those sizes.
+        """
+        factor = 2 ** (len(self.ch_mult) - 1)
+        if image_size % factor:
+            raise ValueError(
+                f"data.image_size={image_size} does not fit {where}: ch_mult={tuple(self.ch_mult)} halves the image "
+                f"{len(self.ch_mult) - 1} times, so the size must be a multiple of {factor} (e.g. "
+                f"{max(factor, image_size // factor * factor)}); or change ch_mult."
+            )
+        sizes = [image_size // 2**level for level in range(len(self.ch_mult))]
+        _check_resolutions(self.attn_resolutions, sizes, f"{where}.attn_resolutions", image_size)
+        return sizes
 
     def _check_trunk_fields(self) -> None:
         _check_choice("resblock_type", self.resblock_type, RESBLOCK_TYPES)
@@ -192,6 +219,14 @@ class NCSNPPEncoder(NCSNPPTrunk, kw_only=True):
     num_base_units: int = 200
     num_latent_transformation_layers: int = 2
     latent_transformation_resolutions: tuple[int, ...] | None = None
+
+    @nn.nowrap
+    def check_image_size(self, image_size: int, where: str) -> None:
+        """The trunk's checks, and anchor heads only at resolutions that occur."""
+        sizes = super().check_image_size(image_size, where)
+        if self.latent_transformation_resolutions is not None:
+            _check_resolutions(self.latent_transformation_resolutions, sizes,
+                               f"{where}.latent_transformation_resolutions", image_size)  # fmt: skip
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

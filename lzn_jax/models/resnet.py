@@ -172,6 +172,17 @@ class ResNetEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
     precision: Precision = "highest"
 
+    @nn.nowrap
+    def check_image_size(self, image_size: int, where: str) -> None:
+        """ValueError unless a pixel is left after the total stride (8 with the small-image stem, else 32)."""
+        stride = 8 if self.small_images else 32
+        if image_size < stride:
+            raise ValueError(
+                f"data.image_size={image_size} is too small for {where}: the ResNet (small_images={self.small_images}) "
+                f"downsamples {stride}x. Use image_size >= {stride}"
+                + ("." if self.small_images else " or small_images=True (a stride-1 stem for small images).")
+            )
+
     def _stem(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         channels = self.base_width * self.width_multiplier // 2

@@ -9,6 +9,8 @@ A task object holds the Flax module definitions and the numbers its loss uses (n
   draws under `batch["noise"]` replays them instead (`common.draws`: the one hook that injects randomness).
 - `loss(params, batch, noise, rng, *, axis_name) -> (loss, metrics)`: runs on one device's rows inside
   `jax.shard_map` (axis_name given) or on the whole batch (None); loss and metrics are averaged over devices.
+- `capabilities`: what else it can do (embed, zone, generate, invert, classify), each with its interface:
+  `protocol.py`. The API and the evaluators ask `protocol.can(task, ...)`, never `hasattr`.
 
 Tasks are looked up by the config's `task` string here, and nowhere else.
 """
@@ -18,7 +20,10 @@ from __future__ import annotations
 import ml_collections
 
 from lzn_jax import models
-from lzn_jax.tasks import common, generation, representation, simclr
+from lzn_jax.tasks import common, generation, protocol, representation, simclr
+from lzn_jax.tasks.protocol import (  # noqa: F401 -- the capability names and checks, as tasks.EMBEDS, tasks.can
+    CAPABILITIES, CLASSIFIES, EMBEDS, GENERATES, INVERTS, ZONES, can, require,
+)
 
 _TASKS = {
     "generation": generation.GenerationTask,
@@ -27,11 +32,18 @@ _TASKS = {
 }
 
 
+def names() -> tuple[str, ...]:
+    """The task names `config.task` may take."""
+    return tuple(_TASKS)
+
+
 def build(config: ml_collections.ConfigDict):
     """The task object the config composes."""
     if config.task not in _TASKS:
         raise ValueError(f"config.task={config.task!r} is not a task; use one of {sorted(_TASKS)}.")
-    return _TASKS[config.task].from_config(config)
+    task = _TASKS[config.task].from_config(config)
+    protocol.check(task)
+    return task
 
 
 def model_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
@@ -46,4 +58,4 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Task-specific checks (which modules must be present; networks that fit the image size), before compute."""
     _TASKS[config.task].check_config(config)
     for name, section in model_configs(config).items():
-        common.check_image_size(models.build(section), config.data.image_size, f"config.{name}")
+        models.build(section).check_image_size(config.data.image_size, f"config.{name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Optional
 
 import flax.linen as nn
@@ -12,7 +13,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from lzn_jax import models
-from lzn_jax.models import ncsnpp, resnet
 
 
 def complete_section(section, where: str, **composition) -> ml_collections.ConfigDict:
@@ -76,45 +76,6 @@ def require(config, *sections: str, task: str) -> None:
             )
 
 
-def check_image_size(module: nn.Module, image_size: int, where: str) -> None:
-    """Raises ValueError when the network cannot take `image_size` x `image_size` images.
-
-    NCSN++ halves the feature map between levels and doubles it back: the size must halve exactly at every
-    level, and the attention / anchor-head resolutions must be sizes that occur. A ResNet needs at least one
-    pixel left after its total stride (8 with the small-image stem, 32 otherwise).
-    """
-    if isinstance(module, ncsnpp.NCSNPPTrunk):
-        factor = 2 ** (len(module.ch_mult) - 1)
-        if image_size % factor:
-            raise ValueError(
-                f"data.image_size={image_size} does not fit {where}: ch_mult={tuple(module.ch_mult)} halves the image "
-                f"{len(module.ch_mult) - 1} times, so the size must be a multiple of {factor} (e.g. "
-                f"{max(factor, image_size // factor * factor)}); or change ch_mult."
-            )
-        sizes = [image_size // 2**level for level in range(len(module.ch_mult))]
-        _check_resolutions(module.attn_resolutions, sizes, f"{where}.attn_resolutions", image_size)
-        if getattr(module, "latent_transformation_resolutions", None) is not None:
-            _check_resolutions(module.latent_transformation_resolutions, sizes,
-                               f"{where}.latent_transformation_resolutions", image_size)  # fmt: skip
-    elif isinstance(module, resnet.ResNetEncoder):
-        stride = 8 if module.small_images else 32
-        if image_size < stride:
-            raise ValueError(
-                f"data.image_size={image_size} is too small for {where}: the ResNet (small_images={module.small_images}) "
-                f"downsamples {stride}x. Use image_size >= {stride}"
-                + ("." if module.small_images else " or small_images=True (a stride-1 stem for small images).")
-            )
-
-
-def _check_resolutions(wanted, sizes, where, image_size) -> None:
-    missing = sorted(set(wanted) - set(sizes))
-    if missing:
-        raise ValueError(
-            f"{where}={tuple(wanted)}: the network never has resolution(s) {missing} at data.image_size={image_size} "
-            f"(its feature maps are {sizes}); choose among those sizes."
-        )
-
-
 def device_key(rng: jax.Array, axis_name: Optional[str]) -> jax.Array:
     """A per-device key for dropout (folded with the device index along `axis_name`)."""
     return rng if axis_name is None else jax.random.fold_in(rng, lax.axis_index(axis_name))
@@ -125,8 +86,19 @@ def device_mean(tree, axis_name: Optional[str]):
     return tree if axis_name is None else lax.pmean(tree, axis_name)
 
 
-def gather(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
-    return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
+def apply_encoder(encoder: nn.Module, params, images, *, apply_head: bool = True, train=False, rng=None):
+    """The image encoder: images [B, H, W, C] -> anchors [B, Dz] (apply_head=False: a ResNet's pre-head features).
+
+    ValueError for apply_head=False when the encoder has no separate head (NCSN++: its anchor heads are the net).
+    """
+    if not apply_head and "apply_head" not in inspect.signature(type(encoder).__call__).parameters:
+        raise ValueError(
+            f"apply_head=False: this model's image encoder ({type(encoder).__name__}) has no separate "
+            "head (its anchor heads are part of the network); its only output is the anchor, apply_head=True."
+        )
+    kwargs = {} if apply_head else {"apply_head": False}
+    rngs = {"dropout": rng} if train else {}
+    return encoder.apply({"params": params["encoder"]}, images, train=train, rngs=rngs, **kwargs)
 
 
 def init_variables(module: nn.Module, rng: jax.Array, *args, **kwargs):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from lzn_jax import losses, samplers, zoning
-from lzn_jax.tasks import common
+from lzn_jax.tasks import common, protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,16 @@ class GenerationTask:
         return self.label_anchors is not None
 
     @property
+    def capabilities(self) -> frozenset[str]:
+        """Generates and inverts always; embeds and zones with an image encoder; classifies with label anchors."""
+        found = {protocol.GENERATES, protocol.INVERTS}
+        if self.encoder is not None:
+            found |= {protocol.EMBEDS, protocol.ZONES}
+        if self.conditional:
+            found.add(protocol.CLASSIFIES)
+        return frozenset(found)
+
+    @property
     def modules(self) -> tuple[str, ...]:
         present = {"encoder": self.encoder, "decoder": self.decoder, "label_anchors": self.label_anchors}
         return tuple(name for name, module in present.items() if module is not None)
@@ -135,6 +145,10 @@ class GenerationTask:
 
     # ---------------------------------------------------------------- compositions
 
+    def embed(self, params, images, *, apply_head: bool = True, train=False, rng=None):
+        """image encoder: images [B, H, W, C] -> anchors [B, Dz]."""
+        return common.apply_encoder(self.encoder, params, images, apply_head=apply_head, train=train, rng=rng)
+
     def image_latents(self, params, images, prior, *, axis_name=None, train=False, rng=None, mask=None):
         """image encoder + forward flow: [B, H, W, C], prior [B, Dz] (unscaled) -> latents [B, Dz].
 
@@ -167,7 +181,7 @@ class GenerationTask:
         """latents [B, Dz] -> predicted class [B]: the nearest label anchor to where the reverse flow ends."""
         end, _ = self.label_log_probs(params, latents, weights=weights)
         anchors = self.label_anchors.apply({"params": params["label_anchors"]})
-        return losses.nearest_anchor(anchors, end)
+        return zoning.nearest_anchor(anchors, end)
 
     def velocity_fn(self, params, latent=None, labels=None, *, train=False, rng=None):
         """The decoder with latent and one-hot labels bound: (t [B], x_t [B, H, W, C]) -> velocity."""
@@ -229,7 +243,7 @@ class GenerationTask:
             label = losses.label_loss(log_probs, cutoff=self.cutoff)
             anchors = self.label_anchors.apply({"params": params["label_anchors"]})
             metrics["label"] = label
-            metrics["label_accuracy"] = jnp.mean(losses.nearest_anchor(anchors, end) == labels)
+            metrics["label_accuracy"] = jnp.mean(zoning.nearest_anchor(anchors, end) == labels)
             total = total + self.label_weight * label
         metrics["loss"] = total
         return common.device_mean(total, axis_name), common.device_mean(metrics, axis_name)

@@ -8,14 +8,14 @@ image's view-2 anchor: −mean log max_{s ≥ cutoff} P[s, i, i].
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lzn_jax import losses, zoning
-from lzn_jax.tasks import common
+from lzn_jax.tasks import common, protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class RepresentationTask:
     cross_entropy_weight: float = 1.0
     block_size: Optional[int] = None
     modules: tuple[str, ...] = ("encoder",)
+    capabilities: ClassVar[frozenset[str]] = frozenset({protocol.EMBEDS, protocol.ZONES})
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -66,9 +67,18 @@ class RepresentationTask:
 
     def embed(self, params, images, *, apply_head: bool = True, train=False, rng=None):
         """images [B, H, W, C] -> anchors [B, Dz] (or the pre-head features with apply_head=False)."""
-        kwargs = {} if apply_head else {"apply_head": False}
-        rngs = {"dropout": rng} if train else {}
-        return self.encoder.apply({"params": params["encoder"]}, images, train=train, rngs=rngs, **kwargs)
+        return common.apply_encoder(self.encoder, params, images, apply_head=apply_head, train=train, rng=rng)
+
+    def image_latents(self, params, images, prior, *, axis_name=None, train=False, rng=None, mask=None):
+        """image encoder + the case-study-2 forward flow: [B, H, W, C], prior [B, Dz] (unscaled) -> latents [B, Dz].
+
+        As `GenerationTask.image_latents`: every row is an anchor of the mixture; `mask` [B] leaves padding out.
+        """
+        anchors = common.at_least_float32(self.embed(params, images, train=train, rng=rng))
+        return zoning.latents(
+            anchors, prior * self.prior_scale, num_steps=self.num_steps, solver=self.solver, axis_name=axis_name,
+            block_size=self.block_size, weights=None if mask is None else mask.astype(jnp.float32),
+        )  # fmt: skip
 
     def loss(self, params, batch, noise, rng, *, axis_name=None):
         k1, k2 = jax.random.split(common.device_key(rng, axis_name))
@@ -86,6 +96,6 @@ class RepresentationTask:
             "prob": parts["prob"],
             "cross_entropy": parts["cross_entropy"],
             "assignment_accuracy": losses.assignment_accuracy(log_probs),
-            "ode_error": losses.ode_error(jax.lax.stop_gradient(common.gather(anchors2, axis_name)), end),
+            "ode_error": losses.ode_error(jax.lax.stop_gradient(zoning.gather(anchors2, axis_name)), end),
         }
         return common.device_mean(parts["total"], axis_name), common.device_mean(metrics, axis_name)

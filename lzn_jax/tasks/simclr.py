@@ -7,13 +7,14 @@ negatives are the other 2B − 2 views of the global batch: −log softmax_τ(z_
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lzn_jax import zoning
-from lzn_jax.tasks import common
+from lzn_jax.tasks import common, protocol
 from lzn_jax.tasks.representation import RepresentationTask
 
 
@@ -36,6 +37,7 @@ class SimCLRTask:
     latent_dim: int
     temperature: float = 0.5
     modules: tuple[str, ...] = ("encoder",)
+    capabilities: ClassVar[frozenset[str]] = frozenset({protocol.EMBEDS})  # no zoning: no latents
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -65,7 +67,7 @@ class SimCLRTask:
 
         z1, z2 = project(batch["image"], k1), project(batch["image2"], k2)
         own = zoning.own_columns(z1.shape[0], axis_name)
-        per_view = nt_xent(z1, z2, common.gather(z1, axis_name), common.gather(z2, axis_name), own, self.temperature)
+        per_view = nt_xent(z1, z2, zoning.gather(z1, axis_name), zoning.gather(z2, axis_name), own, self.temperature)
         loss = jnp.mean(per_view)
         accuracy = jnp.mean(jnp.sum(z1 * z2, axis=-1))  # mean cosine similarity of positive pairs
         metrics = {"loss": loss, "positive_cosine": accuracy}

@@ -1,0 +1,120 @@
+"""The rooms of lzn_jax and what each may import (docs/DESIGN.md, "Rooms"), checked by parsing the imports.
+
+Every `import lzn_jax...` / `from lzn_jax... import ...` of a file counts, at top level or deferred inside a
+function: a deferred import is still a dependency. `ALLOWED` lists, per room, the lzn_jax modules it may use;
+anything else fails with the file, the import and the rule. Fast: nothing is imported but the API itself, in a
+subprocess, to check that inference pulls in no training code.
+"""
+
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "lzn_jax"
+
+# room (a module or a package, as lzn_jax.<name>) -> lzn_jax modules it may import besides its own package.
+# A name ending in ".*" allows a package's submodules; "lzn_jax.tasks.protocol" allows that one module alone.
+ALLOWED = {
+    "zoning": set(),  # the pure kernel: no networks, configs, tasks or training
+    "samplers": set(),
+    "losses": {"zoning"},
+    "models": set(),  # networks know no zoning, losses, tasks, data or training
+    "data": set(),  # input pipelines know no models or tasks
+    "writers": set(),
+    "parallel": set(),
+    "checkpoint": set(),
+    "optim": set(),
+    "tasks": {"models", "zoning", "losses", "samplers"},  # compositions: no data, loop, evaluators or API
+    "evaluators": {"data", "parallel", "losses", "writers", "tasks.protocol"},  # capabilities, not the loop
+    "train_state": {"optim", "parallel"},
+    "configlib": {"data", "tasks", "evaluators"},  # tasks and evaluators deferred, for their checks
+    "api": {"checkpoint", "configlib", "data", "tasks", "zoning"},  # inference: no train, train_state, optim
+    "embed": {"api", "data"},
+    "convert": {"models", "tasks"},
+    "train": {"checkpoint", "configlib", "data", "evaluators", "optim", "parallel", "tasks", "train_state", "writers"},
+    "main": {"checkpoint", "configlib", "parallel", "train"},
+    "shipped": set(),
+}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+PACKAGES = {_module_name(p) for p in PACKAGE.rglob("__init__.py")}  # lzn_jax, lzn_jax.models, ...
+
+
+def _imports(path: pathlib.Path):
+    """(line, imported lzn_jax module) of every lzn_jax import in the file, `from lzn_jax import x` as lzn_jax.x."""
+    module = _module_name(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            for alias in node.names:
+                # `from lzn_jax.tasks import protocol` may name a submodule: count it as lzn_jax.tasks.protocol
+                yield node.lineno, f"{base}.{alias.name}" if base in PACKAGES else base
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1] if module != "lzn_jax" else ""
+
+
+def _allowed(room: str, imported: str) -> bool:
+    target = imported.split(".", 1)[1] if imported.startswith("lzn_jax.") else ""
+    if not target or _room(imported) == room:
+        return True  # the package itself, or its own room
+    return any(target == rule or target.startswith(rule + ".") for rule in ALLOWED[room])
+
+
+FILES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def test_every_room_has_a_rule():
+    rooms = {_room(_module_name(p)) for p in FILES} - {""}
+    assert rooms == set(ALLOWED), "add the new room to ALLOWED and to docs/DESIGN.md: " + str(rooms ^ set(ALLOWED))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_follow_the_room_rules(path):
+    module = _module_name(path)
+    room = _room(module)
+    if not room:
+        return
+    bad = [f"line {line}: {imported}" for line, imported in _imports(path)
+           if imported.startswith("lzn_jax") and not _allowed(room, imported)]  # fmt: skip
+    assert not bad, f"{module} (room {room!r}, may import {sorted(ALLOWED[room])}) imports {bad}"
+
+
+def test_the_rules_catch_a_forbidden_import():
+    assert not _allowed("models", "lzn_jax.zoning")
+    assert not _allowed("api", "lzn_jax.train")
+    assert not _allowed("evaluators", "lzn_jax.tasks.generation")
+    assert _allowed("evaluators", "lzn_jax.tasks.protocol")
+    assert _allowed("tasks", "lzn_jax.models.ncsnpp")
+    assert _allowed("models", "lzn_jax.models.layers")
+
+
+def test_importing_the_api_pulls_in_no_training_code():
+    code = (
+        "import sys, lzn_jax.api, lzn_jax.embed\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[:2] in "
+        "(['lzn_jax', 'train'], ['lzn_jax', 'train_state'], ['lzn_jax', 'optim'], ['lzn_jax', 'evaluators'], "
+        "['lzn_jax', 'main']))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
