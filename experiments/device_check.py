@@ -15,7 +15,7 @@ Prints, one line each, flushed as it goes (a run cut short keeps what it printed
    few percent, see docs/scaling.md), and % of the chip's dense peak, from XLA's FLOP count of the step.
 
 TensorFlow stays out of this path: `lzn_jax.train` imports it only inside the training loop, and batches are
-random arrays of the dataset's shapes (`train.batch_spec`), not tf.data pipelines.
+random arrays of the dataset's shapes (`data.batch_spec`), not tf.data pipelines.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 from chips import CHIPS, chip_of  # noqa: E402
-from lzn_jax import configlib, losses, parallel, train, train_state, zoning  # noqa: E402
+from lzn_jax import configlib, data, losses, parallel, train, train_state, zoning  # noqa: E402
 
 # The paper's global batch is in each config; its GPU count per case study (as experiments/scale_rehearsal.py).
 # AFHQ-Cat, CelebA-HQ and LSUN-Bedroom share one network (configs/common.py HQ256_TRUNK): gen_afhq_cat stands
@@ -105,7 +105,7 @@ def model_check(name: str, config, batch_size: int, dtype: str, repeats: int) ->
     built = train.build(config, mesh)
     step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
     rng = np.random.default_rng(0)
-    spec = train.batch_spec(config, batch_size)
+    spec = data.batch_spec(config.data, batch_size)
     batch = {k: rng.uniform(-1, 1, v.shape).astype(v.dtype) if v.ndim > 1 else rng.integers(0, config.num_classes, v.shape).astype(v.dtype)
              for k, v in spec.items()}  # fmt: skip
     with jax.set_mesh(mesh):

@@ -8,7 +8,7 @@ The system is built as `main` builds it: `train.build(config, mesh)` (task, opti
 shardings) and `train_state.make_train_step`, for the replicated layout and for `mesh.fsdp`; every enabled
 evaluator of `config.evals` is built by `evaluators.build` and its jitted functions are compiled at the batch
 the evaluator runs them with (`compile_targets()`). Inputs are abstract (`jax.ShapeDtypeStruct` with shardings)
-at the dataset's real image size and the config's real global batch (`train.batch_spec`); nothing is allocated.
+at the dataset's real image size and the config's real global batch (`data.batch_spec`); nothing is allocated.
 
 Without `--topology` the mesh is `--devices` simulated CPU devices (`--xla_force_host_platform_device_count`,
 set before JAX starts), and the numbers are the XLA CPU compiler's: its buffer assignment approximates a
@@ -92,7 +92,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lzn_jax import configlib, evaluators, parallel, train, train_state  # noqa: E402
+from lzn_jax import configlib, data, evaluators, parallel, train, train_state  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chips import CHIPS, GiB, TPU_HBM  # noqa: E402
@@ -189,7 +189,7 @@ def rehearse_layout(config, mesh, platform: str, with_evals: bool) -> dict:
     state = _abstract(built.abstract_state, built.shardings)
     batch_sharding = parallel.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
-             for k, v in train.batch_spec(config, config.batch_size).items()}  # fmt: skip
+             for k, v in data.batch_spec(config.data, config.batch_size).items()}  # fmt: skip
     with jax.set_mesh(mesh):
         result = _measure(*_compile(step, state, batch, platform=platform, what=f"train step (fsdp={config.mesh.fsdp})"))
         result["state_bytes_per_device"] = int(sum(

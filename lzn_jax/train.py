@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import ml_collections
 from clu import parameter_overview
 
-from lzn_jax import checkpoint, configlib, data, evaluators, optim, parallel, tasks, train_state
+from lzn_jax import checkpoint, configlib, data, evaluators, files, optim, parallel, tasks, train_state
 
 # `writers` and clu's periodic actions import TensorFlow (CLU's TensorBoard writer): they are imported where the
-# loop needs them, so `build` and `batch_spec` run where TensorFlow is not installed (experiments/device_check.sh
+# loop needs them (`files` and the evaluators import it only when a file is touched), so `build` and `batch_spec` run where TensorFlow is not installed (experiments/device_check.sh
 # on a bare GPU machine, the TPU scale rehearsal).
 
 
@@ -160,10 +160,8 @@ def _abstract_items(abstract_state, shardings, mesh) -> dict:
 
 
 def _write_config(config, workdir) -> None:
-    from lzn_jax import writers
-
     if jax.process_index() == 0:
-        writers.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+        files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 class _MetricAverager:
@@ -347,14 +345,12 @@ def _compiled_train_step(run: Run, state, batch):
 
 def _write_parameter_table(run: Run) -> None:
     """The per-array parameter table goes to workdir/parameters.txt; the log gets one line of totals."""
-    from lzn_jax import writers
-
     params = run.state.params
     count = parameter_overview.count_parameters(params)
     size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
     path = os.path.join(run.workdir, "parameters.txt")
     if jax.process_index() == 0:
-        writers.write_text(path, parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
+        files.write_text(path, parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
     per_module = ", ".join(f"{m} {parameter_overview.count_parameters(p):,}" for m, p in params.items())
     logging.info("Parameters: %s (%.1f MiB; %s); the table is in %s.", f"{count:,}", size / 2**20, per_module, path)
 
@@ -386,5 +382,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     writer.write_scalars(run.start_step, results)
     writer.flush()
     if jax.process_index() == 0:
-        writers.write_text(os.path.join(workdir, f"eval_{run.start_step}.json"), json.dumps(results, indent=2))
+        files.write_text(os.path.join(workdir, f"eval_{run.start_step}.json"), json.dumps(results, indent=2))
     return results

@@ -15,6 +15,8 @@ import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
 
+from lzn_jax.files import gfile
+
 
 class JsonlWriter(interface.MetricWriter):
     """Appends scalars (and text) to `path` as one JSON line per write; images and others are ignored."""
@@ -60,13 +62,6 @@ class JsonlWriter(interface.MetricWriter):
         pass
 
 
-def gfile():
-    """tf.io.gfile: local paths and gs:// alike (imported on first use: TensorFlow is slow to import)."""
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
 def _plain(value):
     value = np.asarray(value)
     return value.item() if value.ndim == 0 else value.tolist()
@@ -78,15 +73,3 @@ def create(workdir: str) -> interface.MetricWriter:
         return metric_writers.create_default_writer(workdir, just_logging=True)
     default = metric_writers.create_default_writer(workdir, asynchronous=False)
     return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
-
-
-def write_text(path: str, text: str) -> None:
-    """Writes a text file, local or gs://."""
-    with gfile().GFile(path, "w") as f:
-        f.write(text)
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """The records of a metrics.jsonl file, in order."""
-    with gfile().GFile(path) as f:
-        return [json.loads(line) for line in f if line.strip()]

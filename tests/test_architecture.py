@@ -25,18 +25,19 @@ ALLOWED = {
     "losses": {"zoning"},
     "models": set(),  # networks know no zoning, losses, tasks, data or training
     "data": set(),  # input pipelines know no models or tasks
-    "writers": set(),
+    "writers": {"files"},
+    "files": set(),
     "parallel": set(),
     "checkpoint": set(),
     "optim": set(),
     "tasks": {"models", "zoning", "losses", "samplers"},  # compositions: no data, loop, evaluators or API
-    "evaluators": {"data", "parallel", "losses", "writers", "tasks.protocol"},  # capabilities, not the loop
+    "evaluators": {"data", "files", "parallel", "losses", "tasks.protocol"},  # capabilities, not the loop
     "train_state": {"optim", "parallel"},
     "configlib": {"data", "tasks", "evaluators"},  # tasks and evaluators deferred, for their checks
     "api": {"checkpoint", "configlib", "data", "tasks", "zoning"},  # inference: no train, train_state, optim
     "embed": {"api", "data"},
     "convert": {"models", "tasks"},
-    "train": {"checkpoint", "configlib", "data", "evaluators", "optim", "parallel", "tasks", "train_state", "writers"},
+    "train": {"checkpoint", "configlib", "data", "evaluators", "files", "optim", "parallel", "tasks", "train_state", "writers"},
     "main": {"checkpoint", "configlib", "parallel", "train"},
     "shipped": set(),
 }
@@ -118,3 +119,34 @@ def test_importing_the_api_pulls_in_no_training_code():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
                             env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def test_building_every_paper_train_step_imports_no_tensorflow():
+    """A bare accelerator machine has no TensorFlow (experiments/device_check.sh builds the steps there).
+
+    Bug this catches: configlib.check importing an evaluator module that imported `writers` at top level, whose CLU
+    TensorBoard writer imports TensorFlow: every model line of the device check failed. Only building is checked
+    here (no compile), so it stays fast; tests/test_device_check.py runs the whole script.
+    """
+    code = (
+        "import sys; sys.modules['tensorflow'] = None\n"
+        "import importlib.util, glob, os\n"
+        "from lzn_jax import configlib, data, parallel, train, train_state\n"
+        "import lzn_jax.evaluators.fid, lzn_jax.evaluators.representation, lzn_jax.evaluators.export\n"
+        "mesh = parallel.make_mesh(1, 1)\n"
+        "for path in sorted(glob.glob('configs/*.py')):\n"
+        "    name = os.path.basename(path)[:-3]\n"
+        "    if name == 'common': continue\n"
+        "    spec = importlib.util.spec_from_file_location(name, path)\n"
+        "    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "    config = configlib.override(module.get_config('runlocal'), **{'mesh.data': 1, 'mesh.fsdp': False})\n"
+        "    configlib.check(config)\n"
+        "    built = train.build(config, mesh)\n"
+        "    train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)\n"
+        "    data.batch_spec(config.data, 2)\n"
+        "    print(name, 'built')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.count("built") == len(list((ROOT / "configs").glob("*.py"))) - 1, result.stdout

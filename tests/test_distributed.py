@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from support import saved_items
 
-from lzn_jax import checkpoint, writers
+from lzn_jax import checkpoint, files
 
 pytestmark = pytest.mark.slow  # two training processes joined by jax.distributed
 
@@ -121,7 +121,7 @@ def runs(tmp_path_factory):
 
 
 def records(workdir) -> list[dict]:
-    return writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return files.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
 def metrics_by_step(workdir, prefix) -> dict[int, dict]:

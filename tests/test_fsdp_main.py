@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from support import saved_items, subprocess_env
 
-from lzn_jax import writers
+from lzn_jax import files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMMON = {
@@ -73,14 +73,14 @@ def finish(process: subprocess.Popen) -> str:
 
 def losses(workdir) -> dict[int, float]:
     """{step: train/loss} of metrics.jsonl (log_every_steps=1; a resumed run's records come after the first's)."""
-    return {r["step"]: r["train/loss"] for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r}
+    return {r["step"]: r["train/loss"] for r in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r}
 
 
 def copy_at_step_2(source, workdir):
     """A copy of a 4-step run's workdir as it was at step 2: checkpoint 4 and the records after step 2 removed."""
     shutil.copytree(source, workdir)
     shutil.rmtree(workdir / "checkpoints" / "4")
-    kept = [r for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["step"] <= 2]
+    kept = [r for r in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["step"] <= 2]
     pathlib.Path(workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from support import load_config
 
-from lzn_jax import configlib, train, writers
+from lzn_jax import configlib, files, train
 
 pytestmark = pytest.mark.slow  # training runs of tens of seconds each
 
@@ -24,7 +24,7 @@ REPR_MARGIN = 0.04  # the trained probe's lead over the untrained one, in accura
 
 def final_scalars(config, workdir) -> dict:
     """Every scalar the run wrote at its last step (train/*, eval/*)."""
-    records = writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = files.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     return {k: v for r in records if r["step"] == config.num_train_steps for k, v in r.items()}
 
 

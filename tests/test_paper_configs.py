@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import support
-from lzn_jax import writers
+from lzn_jax import files
 from lzn_jax.evaluators import inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_paper_config_trains_and_evaluates_through_main(name, layout, tfds_dir, 
     result = subprocess.run([sys.executable, "-c", _MAIN_UNDER_MOCK, mock_dir, str(NUM_EXAMPLES), *args], env=env,
                             capture_output=True, text=True, timeout=3600, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, f"{name} ({layout}) failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    records = writers.read_jsonl(str(workdir / "metrics.jsonl"))
+    records = files.read_jsonl(str(workdir / "metrics.jsonl"))
     final = {k: v for r in records if r["step"] == STEPS for k, v in r.items()}
     assert np.isfinite(final["train/loss"]), final
     for evaluator, spec in config.evals.items():

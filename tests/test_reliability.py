@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from support import load_config, saved_items, subprocess_env
 
-from lzn_jax import checkpoint, configlib, parallel, train, writers
+from lzn_jax import checkpoint, configlib, files, parallel, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, CHECKPOINT_EVERY = 24, 4
@@ -114,7 +114,7 @@ def assert_same_arrays(a, b, what):
 def train_records(workdir) -> dict[int, dict]:
     """{step: train/* metrics}; a resumed run logs again the steps after its checkpoint, and the last record wins."""
     out = {}
-    for record in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    for record in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
         metrics = {k: v for k, v in record.items() if k.startswith("train/")}
         if metrics:
             out[record["step"]] = metrics
@@ -226,7 +226,7 @@ def test_the_same_config_and_seed_give_bit_identical_metrics(env, reference, tmp
     Process(env, cli(again), tmp_path / "again.log").finish()
 
     def records(workdir):
-        rows = writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        rows = files.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
         return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
     assert records(again) == records(reference)

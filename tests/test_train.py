@@ -9,7 +9,7 @@ import pytest
 
 from support import load_config as load
 
-from lzn_jax import configlib, parallel, train, train_state, writers
+from lzn_jax import configlib, files, parallel, train, train_state
 
 TINY_TRUNK = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
 
@@ -114,7 +114,7 @@ def test_short_digits_run_writes_everything_and_resumes(tmp_path):
     files = set(os.listdir(workdir))
     assert {"config.json", "metrics.jsonl", "checkpoints", "samples"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
-    records = writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    records = files.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     final = {k: v for r in records if r["step"] == 4 for k, v in r.items()}
     assert {"train/loss", "train/recon", "train/label", "eval/accuracy", "eval/accuracy_std1"} <= set(final)
     assert 0.0 <= final["eval/accuracy"] <= 1.0
@@ -125,5 +125,5 @@ def test_short_digits_run_writes_everything_and_resumes(tmp_path):
     config.num_train_steps = 6
     resumed = train.train_and_evaluate(config, workdir)
     assert int(resumed.step) == 6
-    steps = [r["step"] for r in writers.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r]
+    steps = [r["step"] for r in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "train/loss" in r]
     assert steps == [2, 4, 6]

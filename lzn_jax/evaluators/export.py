@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from lzn_jax import writers
+from lzn_jax import files
 
 
 def _first_per_class(features: np.ndarray, labels: np.ndarray, num_per_class: int):
@@ -57,7 +57,7 @@ def export_embeddings(
     if num_per_class is not None:
         features, labels = _first_per_class(features, labels, num_per_class)
 
-    fs = writers.gfile()  # the workdir may be a gs:// bucket
+    fs = files.gfile()  # the workdir may be a gs:// bucket
     fs.makedirs(os.fspath(out_dir))
     stem = f"representation_{'head' if apply_head else 'no_head'}_{split}"
     if step is not None:

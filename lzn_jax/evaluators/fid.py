@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from lzn_jax import writers
+from lzn_jax import files
 from lzn_jax.evaluators import images as image_utils
 from lzn_jax.evaluators import inception
 
@@ -282,7 +282,7 @@ class FIDEvaluator:
         return f"{os.path.basename(self.inception_weights)}:{os.path.getsize(self.inception_weights)}"
 
     def _load_cached(self, pipeline: str) -> tuple[np.ndarray, np.ndarray] | None:
-        path, fs = self.cache_path(pipeline), writers.gfile()  # the cache sits in the workdir: maybe gs://
+        path, fs = self.cache_path(pipeline), files.gfile()  # the cache sits in the workdir: maybe gs://
         if not fs.exists(path):
             return None
         with fs.GFile(path, "rb") as f, np.load(f) as data:
@@ -293,7 +293,7 @@ class FIDEvaluator:
     def _save_cached(self, pipeline: str, mu: np.ndarray, sigma: np.ndarray, count: int) -> None:
         if jax.process_index() != 0:
             return
-        fs = writers.gfile()
+        fs = files.gfile()
         fs.makedirs(self.cache_dir)
         path = self.cache_path(pipeline)
         tmp = f"{path}.tmp.npz"

@@ -14,6 +14,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from lzn_jax import files
+
 
 def to_uint8(images) -> np.ndarray:
     """Images in [-1, 1] (any shape, any float array) -> uint8 in [0, 255], clipped and rounded half to even."""
@@ -52,10 +54,8 @@ def make_grid(images: np.ndarray, *, nrow: int, padding: int = 2) -> np.ndarray:
 def save_grid(images, path: str | os.PathLike, *, nrow: int, padding: int = 2) -> np.ndarray:
     """Writes images [N,H,W,C] in [-1, 1] as a PNG grid with `nrow` images per row; returns the uint8 grid."""
     grid = make_grid(to_uint8(images), nrow=nrow, padding=padding)
-    import tensorflow as tf  # tf.io.gfile writes local paths and gs:// alike; slow to import, so only here
-
-    path = os.fspath(path)
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    with tf.io.gfile.GFile(path, "wb") as f:
+    path, fs = os.fspath(path), files.gfile()  # local paths and gs:// alike
+    fs.makedirs(os.path.dirname(path) or ".")
+    with fs.GFile(path, "wb") as f:
         Image.fromarray(grid).save(f, format="PNG")
     return grid

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from lzn_jax import data, parallel, writers
+from lzn_jax import data, files, parallel
 from lzn_jax.evaluators import common, export, linear_probe
 from lzn_jax.tasks import protocol as task_protocol  # `protocol` is also the linear probe's argument
 
@@ -204,7 +204,7 @@ class ExportEmbeddings:
             self.embed, self.batches, params, os.path.join(self.workdir, "embeddings"), split=self.split,
             apply_head=self.apply_head, num_per_class=self.num_per_class, step=step,
         )  # fmt: skip
-        with writers.gfile().GFile(path, "rb") as f:
+        with files.gfile().GFile(path, "rb") as f:
             yield "eval/exported_embeddings", float(np.load(f).shape[0])
 
     def compile_targets(self) -> dict:
