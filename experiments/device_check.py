@@ -103,7 +103,7 @@ def model_check(name: str, config, batch_size: int, dtype: str, repeats: int) ->
     configlib.check(config)
     mesh = parallel.make_mesh(1, 1)
     built = train.build(config, mesh)
-    step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
+    step = train_state.make_train_step(built.task, built.optimizer, mesh, built.shardings)
     rng = np.random.default_rng(0)
     spec = data.batch_spec(config.data, batch_size)
     batch = {k: rng.uniform(-1, 1, v.shape).astype(v.dtype) if v.ndim > 1 else rng.integers(0, config.num_classes, v.shape).astype(v.dtype)

@@ -185,7 +185,7 @@ def _measure(compiled, seconds) -> dict:
 def rehearse_layout(config, mesh, platform: str, with_evals: bool) -> dict:
     """Compiles the train step (and the enabled evaluators) of `config` on `mesh`; per-device numbers."""
     built = train.build(config, mesh)
-    step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
+    step = train_state.make_train_step(built.task, built.optimizer, mesh, built.shardings)
     state = _abstract(built.abstract_state, built.shardings)
     batch_sharding = parallel.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)

@@ -1,4 +1,4 @@
-"""Optimizer and EMA exactly as the official trainers, as pure functions over the module-keyed params dict.
+"""The whole parameter update of a train step, exactly as the official trainers, in one place: `Optimizer`.
 
 - Adam per module (`optax.multi_transform`), each with its own learning rate and a shared linear warm-up
   (torch `LinearLR(start_factor=1/W, end_factor=1, total_iters=W)` over W steps).
@@ -8,18 +8,24 @@
   params, Adam state and EMA stop changing, as when the official trainer sets `requires_grad=False`.
 - EMA per module: decay_n = min(decay, (1 + n) / (10 + n)), n counting that module's updates.
 
-The functions take `{module: params}` dicts; the train step passes each module's parameters raveled into one
-vector (`flatten`), which keeps the update to a few large element-wise kernels instead of thousands of small
-ones — the difference between seconds and minutes of XLA compile time on CPU for NCSN++.
+`build(config, modules)` reads every setting of the update (`optim`, `module_steps`, `ema`, `mesh.fsdp`) once;
+the train step calls `Optimizer.init` and `Optimizer.update` and reads no config. Under the replicated layout the
+Adam state and the EMA see each module's parameters raveled into one vector (`flatten`), which keeps the update to
+a few large element-wise kernels instead of thousands of small ones — the difference between seconds and minutes
+of XLA compile time on CPU for NCSN++. Under FSDP they see the trees (a vector concatenated from leaves sharded
+along different axes cannot keep each device's shard local), so a checkpoint's Adam state layout depends on
+`mesh.fsdp`; `relayout_opt_state` converts one into the other.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+from typing import Any, Mapping
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -32,7 +38,7 @@ def warmup_schedule(lr: float, warmup_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(optim_cfg, modules: tuple[str, ...]) -> optax.GradientTransformation:
-    """Per-module Adam with warm-up; `modules` are the keys of the params dict. Clipping is done by `apply`."""
+    """Per-module Adam with warm-up; `modules` are the keys of the params dict. Clipping is done by `Optimizer`."""
     transforms = {
         m: optax.chain(
             optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
@@ -41,6 +47,75 @@ def make_optimizer(optim_cfg, modules: tuple[str, ...]) -> optax.GradientTransfo
         for m in modules
     }
     return optax.multi_transform(transforms, {m: m for m in modules})
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """What `Optimizer.update` returns: the new params, Adam state and EMA, and what the step logs."""
+
+    params: dict
+    opt_state: Any
+    ema_params: dict
+    ema_counts: dict
+    grads_finite: jax.Array  # bool []: every gradient of a trainable module is finite
+    metrics: dict  # {"grad_norm": [], "<module>_enabled": []} float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """Adam per module with warm-up, freezing after `module_steps`, one global clip, and the EMA.
+
+    Pure: `init` and `update` are traced inside the jitted train step. `ravel=True` (the replicated layout) runs
+    Adam and the EMA on one raveled vector per module; `ravel=False` (FSDP) on the params trees.
+    """
+
+    modules: tuple[str, ...]
+    tx: optax.GradientTransformation
+    module_steps: Mapping[str, int]  # freeze a module at this step; < 0: never
+    grad_clip: float  # <= 0: no clip
+    ema_decays: Mapping[str, float]
+    ravel: bool
+
+    def init(self, params: dict):
+        """The Adam state of {module: params} in this optimizer's layout."""
+        return self.tx.init(self._view(params)[0])
+
+    def trainable(self, step: jax.Array) -> dict[str, jax.Array]:
+        return trainable(step, self.module_steps, self.modules)
+
+    def update(self, step, grads, params, opt_state, ema_params, ema_counts) -> Update:
+        """One update at `step` (the state's step, int32 []); all trees are {module: params-like}."""
+        enabled = self.trainable(step)
+        grads = {m: jax.tree.map(lambda x, on=enabled[m]: jnp.where(on, x, 0.0), g) for m, g in self._view(grads)[0].items()}
+        old_params, unravel = self._view(params)
+        norm = global_norm(grads)
+        scale = jnp.minimum(1.0, self.grad_clip / (norm + 1e-6)) if self.grad_clip > 0 else 1.0  # clip_grad_norm_
+        updates, new_opt_state = self.tx.update(jax.tree.map(lambda g: g * scale, grads), opt_state, old_params)
+        new_params = optax.apply_updates(old_params, updates)
+        new_params = {m: _keep_if(enabled[m], new_params[m], old_params[m]) for m in old_params}
+        new_opt_state = _freeze_inner_states(new_opt_state, opt_state, enabled)
+        new_ema, new_counts = ema_update(self._view(ema_params)[0], new_params, ema_counts, self.ema_decays, enabled)
+        metrics = {"grad_norm": norm, **{f"{m}_enabled": enabled[m].astype(jnp.float32) for m in self.modules}}
+        return Update(
+            params=self._unview(new_params, unravel), opt_state=new_opt_state, ema_params=self._unview(new_ema, unravel),
+            ema_counts=new_counts, grads_finite=_all_finite(grads), metrics=metrics,
+        )  # fmt: skip
+
+    def _view(self, tree_by_module):
+        return flatten(tree_by_module) if self.ravel else (tree_by_module, None)
+
+    @staticmethod
+    def _unview(view, unravel):
+        return view if unravel is None else unflatten(view, unravel)
+
+
+def build(config, modules: tuple[str, ...]) -> Optimizer:
+    """The update `config` describes (`optim`, `module_steps`, `ema`, `mesh.fsdp`) for the params' `modules`."""
+    return Optimizer(
+        modules=tuple(modules), tx=make_optimizer(config.optim, modules),
+        module_steps={m: int(config.module_steps[m]) for m in modules}, grad_clip=float(config.optim.grad_clip),
+        ema_decays={m: float(config.ema[m]) for m in modules}, ravel=not config.mesh.fsdp,
+    )  # fmt: skip
 
 
 def flatten(tree_by_module: Mapping[str, object]):
@@ -58,10 +133,9 @@ def trainable(step: jax.Array, module_steps: Mapping[str, int], modules: tuple[s
     return {m: (step < module_steps[m]) if module_steps[m] >= 0 else jnp.asarray(True) for m in modules}
 
 
-def global_norm(grads, enabled: Mapping[str, jax.Array]) -> jax.Array:
-    """L2 norm over the enabled modules' gradients, scaled first so that huge gradients do not overflow."""
-    masked = {m: jax.tree.map(lambda x: jnp.where(enabled[m], x, 0.0), g) for m, g in grads.items()}
-    leaves = jax.tree.leaves(masked)
+def global_norm(grads) -> jax.Array:
+    """L2 norm over all gradients (frozen modules' are zero), scaled first so that huge gradients do not overflow."""
+    leaves = jax.tree.leaves(grads)
     if not leaves:
         return jnp.zeros(())
     largest = jnp.max(jnp.asarray([jnp.max(jnp.abs(x)) for x in leaves]))
@@ -69,19 +143,7 @@ def global_norm(grads, enabled: Mapping[str, jax.Array]) -> jax.Array:
     return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
 
 
-def apply(optimizer, grads, opt_state, params, enabled, grad_clip):
-    """One optimizer update of the enabled modules. Returns (params, opt_state, grad_norm)."""
-    norm = global_norm(grads, enabled)
-    scale = jnp.minimum(1.0, grad_clip / (norm + 1e-6)) if grad_clip > 0 else 1.0  # torch clip_grad_norm_
-    grads = jax.tree.map(lambda g: g * scale, grads)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    new_params = {m: _keep_if(enabled[m], new_params[m], params[m]) for m in params}
-    new_opt_state = _freeze_inner_states(optimizer, new_opt_state, opt_state, enabled)
-    return new_params, new_opt_state, norm
-
-
-def _freeze_inner_states(optimizer, new_state, old_state, enabled):
+def _freeze_inner_states(new_state, old_state, enabled):
     """multi_transform keeps one inner state per module: frozen modules keep their old one."""
     inner = {m: _keep_if(enabled[m], new_state.inner_states[m], old_state.inner_states[m]) for m in enabled}
     return new_state._replace(inner_states=inner)
@@ -89,6 +151,10 @@ def _freeze_inner_states(optimizer, new_state, old_state, enabled):
 
 def _keep_if(condition, new, old):
     return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def ema_update(ema_params, params, counts, decays: Mapping[str, float], enabled):
@@ -101,3 +167,26 @@ def ema_update(ema_params, params, counts, decays: Mapping[str, float], enabled)
         new_ema[m] = _keep_if(enabled[m], moved, ema_params[m])
         new_counts[m] = jnp.where(enabled[m], n, counts[m])
     return new_ema, new_counts
+
+
+def relayout_opt_state(opt_state, target):
+    """An Adam state of the other `mesh.fsdp` layout, converted to `target`'s (ShapeDtypeStructs of this layout).
+
+    The raveled (replicated) layout is a tree prefix of the tree (FSDP) layout: where one holds a module's
+    vector, the other holds that module's params tree, whose leaves `flatten` concatenates in tree order.
+    """
+    if len(jax.tree.leaves(target)) >= len(jax.tree.leaves(opt_state)):  # raveled -> trees
+        return jax.tree.map(_unravel_like, opt_state, target)
+    return jax.tree.map(lambda like, tree: _ravel(tree).reshape(like.shape), target, opt_state)
+
+
+def _ravel(tree) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def _unravel_like(vector, like):
+    """vector [sum of sizes] -> a tree of `like`'s structure and shapes (the inverse of `_ravel`)."""
+    leaves, treedef = jax.tree.flatten(like)
+    ends = np.cumsum([leaf.size for leaf in leaves])
+    parts = [jnp.ravel(vector)[end - leaf.size : end].reshape(leaf.shape) for leaf, end in zip(leaves, ends)]
+    return treedef.unflatten(parts)

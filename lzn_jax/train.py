@@ -42,7 +42,7 @@ class Run:
     workdir: str
     mesh: jax.sharding.Mesh
     task: object
-    optimizer: object
+    optimizer: optim.Optimizer
     state: train_state.TrainState
     shardings: train_state.TrainState
     manager: object
@@ -71,7 +71,7 @@ class Built:
     """
 
     task: object
-    optimizer: object
+    optimizer: optim.Optimizer
     init: object  # rng -> TrainState (pure; jit it with out_shardings=shardings)
     abstract_state: train_state.TrainState  # ShapeDtypeStructs
     shardings: train_state.TrainState  # NamedShardings, replicated or FSDP as config.mesh.fsdp says
@@ -84,8 +84,8 @@ class Built:
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
     """Task, optimizer, init function, abstract state and its shardings for `config` on `mesh` (no compute)."""
     task = tasks.build(config)
-    optimizer = optim.make_optimizer(config.optim, task.modules)
-    init = train_state.init_fn(task, optimizer, data.batch_spec(config.data, 2), fsdp=config.mesh.fsdp)
+    optimizer = optim.build(config, task.modules)
+    init = train_state.init_fn(task, optimizer, data.batch_spec(config.data, 2))
     abstract_state = jax.eval_shape(init, jax.random.key(config.seed))
     shardings = train_state.state_shardings(abstract_state, mesh, config.mesh.fsdp)
     return Built(task, optimizer, init, abstract_state, shardings)
@@ -120,7 +120,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 def _restore_latest(config, mesh, manager, target: dict):
     """`checkpoint.restore_latest` into `target`; a checkpoint of the other `mesh.fsdp` layout is converted.
 
-    The layouts differ in the Adam state only (raveled per module, or trees: `train_state._to_optimizer`), so a
+    The layouts differ in the Adam state only (raveled per module, or trees: `optim.Optimizer`), so a
     run can switch FSDP on or off between restarts. Any other mismatch stops with the arrays that differ.
     """
     try:
@@ -142,7 +142,7 @@ def _restore_latest(config, mesh, manager, target: dict):
 
     def relayout(items):  # gathered first: raveling or splitting an array sharded along `data` needs it whole
         opt_state = jax.tree.map(lambda x: jax.reshard(x, parallel.replicated(mesh)), items["opt_state"])
-        return dict(items, opt_state=train_state.relayout_opt_state(opt_state, target["opt_state"]))
+        return dict(items, opt_state=optim.relayout_opt_state(opt_state, target["opt_state"]))
 
     return step, jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, target))(items)
 
@@ -339,7 +339,7 @@ def _phase(what: str, fn):
 
 def _compiled_train_step(run: Run, state, batch):
     """The train step compiled ahead of time for `batch`'s shapes, so the log shows the compile as its own phase."""
-    step_fn = train_state.make_train_step(run.task, run.optimizer, run.config, run.mesh, run.shardings)
+    step_fn = train_state.make_train_step(run.task, run.optimizer, run.mesh, run.shardings)
     return _phase("Compiling the train step", lambda: step_fn.lower(state, batch).compile())
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from lzn_jax import optim, parallel
@@ -52,22 +51,7 @@ class TrainState:
         )  # fmt: skip
 
 
-def _to_optimizer(tree_by_module, fsdp: bool):
-    """How the optimizer and EMA see {module: params}: (view, unravel functions or None).
-
-    Replicated: one raveled vector per module, a few large element-wise kernels instead of thousands of small
-    ones (fast compiles). FSDP: the trees themselves, because a vector concatenated from leaves sharded along
-    different axes cannot keep each device's shard local (and its length rarely divides the data axis). The
-    Adam state follows the view, so a checkpoint's opt_state layout depends on `mesh.fsdp`.
-    """
-    return (tree_by_module, None) if fsdp else optim.flatten(tree_by_module)
-
-
-def _from_optimizer(view, unravel):
-    return view if unravel is None else optim.unflatten(view, unravel)
-
-
-def init_fn(task, optimizer, batch_spec, fsdp: bool = False):
+def init_fn(task, optimizer: optim.Optimizer, batch_spec):
     """rng -> TrainState; pure, so `jax.eval_shape` gives the abstract state without allocating it.
 
     batch_spec: {key: jax.ShapeDtypeStruct} of one (small) batch; only shapes and dtypes matter to init.
@@ -78,7 +62,7 @@ def init_fn(task, optimizer, batch_spec, fsdp: bool = False):
         params = task.init(params_rng, {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_spec.items()})
         zero = jnp.zeros((), jnp.int32)
         return TrainState(
-            step=zero, params=params, opt_state=optimizer.init(_to_optimizer(params, fsdp)[0]),
+            step=zero, params=params, opt_state=optimizer.init(params),
             ema_params=jax.tree.map(jnp.copy, params),
             ema_counts={m: zero for m in params}, rng=state_rng, skipped_steps=zero, consecutive_skips=zero,
         )  # fmt: skip
@@ -97,37 +81,12 @@ def state_shardings(abstract_state: TrainState, mesh, fsdp: bool):
     )  # fmt: skip
 
 
-def relayout_opt_state(opt_state, target):
-    """An Adam state of the other `mesh.fsdp` layout, converted to `target`'s (ShapeDtypeStructs of this layout).
+def make_train_step(task, optimizer: optim.Optimizer, mesh, shardings: TrainState):
+    """(state, global batch) -> (state, metrics), jitted with the state donated.
 
-    The raveled (replicated) layout is a tree prefix of the tree (FSDP) layout: where one holds a module's
-    vector, the other holds that module's params tree, whose leaves `optim.flatten` concatenates in tree order.
+    The task gives the loss, `optimizer` the whole update (Adam, clip, freezing, EMA); the step adds the sharding,
+    the draws of the step and the skipping of non-finite steps.
     """
-    if len(jax.tree.leaves(target)) >= len(jax.tree.leaves(opt_state)):  # raveled -> trees
-        return jax.tree.map(_unravel_like, opt_state, target)
-    return jax.tree.map(lambda like, tree: _ravel(tree).reshape(like.shape), target, opt_state)
-
-
-def _ravel(tree) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
-
-
-def _unravel_like(vector, like):
-    """vector [sum of sizes] -> a tree of `like`'s structure and shapes (the inverse of `_ravel`)."""
-    leaves, treedef = jax.tree.flatten(like)
-    ends = np.cumsum([leaf.size for leaf in leaves])
-    parts = [jnp.ravel(vector)[end - leaf.size : end].reshape(leaf.shape) for leaf, end in zip(leaves, ends)]
-    return treedef.unflatten(parts)
-
-
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def make_train_step(task, optimizer, config, mesh, shardings: TrainState):
-    """(state, global batch) -> (state, metrics), jitted with the state donated."""
-    modules = task.modules
-    fsdp = config.mesh.fsdp
     rows = P(parallel.DATA)
 
     def loss_fn(params, batch, noise, rng):
@@ -142,32 +101,21 @@ def make_train_step(task, optimizer, config, mesh, shardings: TrainState):
         rng, noise_rng, dropout_rng = jax.random.split(state.rng, 3)
         noise = task.noise(noise_rng, batch)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, noise, dropout_rng)
-        enabled = optim.trainable(state.step, config.module_steps, modules)
-        grads, _ = _to_optimizer(grads, fsdp)
-        old_params, unravel = _to_optimizer(state.params, fsdp)
-        grads = {m: jax.tree.map(lambda x, on=enabled[m]: jnp.where(on, x, 0.0), g) for m, g in grads.items()}
+        update = optimizer.update(state.step, grads, state.params, state.opt_state, state.ema_params, state.ema_counts)
         # A NaN on any device reaches every device through the loss mean and the gradient all-reduce.
-        finite = jnp.isfinite(loss) & _all_finite(grads)
-        params, opt_state, grad_norm = optim.apply(
-            optimizer, grads, state.opt_state, old_params, enabled, config.optim.grad_clip
-        )
-        ema_params, ema_counts = optim.ema_update(
-            _to_optimizer(state.ema_params, fsdp)[0], params, state.ema_counts, config.ema, enabled
-        )
-        params, ema_params = _from_optimizer(params, unravel), _from_optimizer(ema_params, unravel)
+        finite = jnp.isfinite(loss) & update.grads_finite
 
         def keep(new, old):  # a non-finite step changes nothing but the step, the key and the counters
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
         skipped = (~finite).astype(jnp.int32)
         new_state = state.replace(
-            step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-            ema_params=keep(ema_params, state.ema_params), ema_counts=keep(ema_counts, state.ema_counts), rng=rng,
+            step=state.step + 1, params=keep(update.params, state.params),
+            opt_state=keep(update.opt_state, state.opt_state), ema_params=keep(update.ema_params, state.ema_params),
+            ema_counts=keep(update.ema_counts, state.ema_counts), rng=rng,
             skipped_steps=state.skipped_steps + skipped, consecutive_skips=(state.consecutive_skips + 1) * skipped,
         )  # fmt: skip
-        metrics = dict(metrics, grad_norm=grad_norm, skipped=skipped.astype(jnp.float32))
-        metrics.update({f"{m}_enabled": enabled[m].astype(jnp.float32) for m in modules})
-        return new_state, metrics
+        return new_state, dict(metrics, **update.metrics, skipped=skipped.astype(jnp.float32))
 
     batch_sharding = parallel.batch_sharding(mesh)
     return jax.jit(

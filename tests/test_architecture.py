@@ -142,7 +142,7 @@ def test_building_every_paper_train_step_imports_no_tensorflow():
         "    config = configlib.override(module.get_config('runlocal'), **{'mesh.data': 1, 'mesh.fsdp': False})\n"
         "    configlib.check(config)\n"
         "    built = train.build(config, mesh)\n"
-        "    train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)\n"
+        "    train_state.make_train_step(built.task, built.optimizer, mesh, built.shardings)\n"
         "    data.batch_spec(config.data, 2)\n"
         "    print(name, 'built')\n"
     )

@@ -139,7 +139,7 @@ def test_an_incompatible_newest_checkpoint_stops_instead_of_falling_back(tmp_pat
 
 
 def test_an_optimizer_state_of_another_layout_is_a_mismatch_naming_its_arrays(tmp_path):
-    """Replicated runs store Adam moments raveled per module, FSDP runs as trees (see train_state._to_optimizer)."""
+    """Replicated runs store Adam moments raveled per module, FSDP runs as trees (see optim.Optimizer)."""
     directory = saved(tmp_path, 1.0)
     expected = abstract(items())
     expected["opt_state"] = {"count": expected["opt_state"]["count"], "mu": {"encoder": jax.ShapeDtypeStruct((6,), jnp.float32)}}

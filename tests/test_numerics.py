@@ -36,7 +36,7 @@ def _one_step(config, batch):
     # Eager (the same init without minutes of compiling the initialisers on CPU); copied, because eager init
     # shares one zero buffer between counters and the step donates them.
     state = jax.device_put(built.init(jax.random.key(config.seed)), built.shardings, may_alias=False)
-    step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
+    step = train_state.make_train_step(built.task, built.optimizer, mesh, built.shardings)
     with jax.set_mesh(mesh):
         _, metrics = step(state, jax.device_put(batch, parallel.batch_sharding(mesh)))
     return jax.device_get(metrics)

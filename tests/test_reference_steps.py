@@ -235,7 +235,7 @@ def run_and_check(path, dtype: str) -> dict:
     state = state.replace(
         params=jax.device_put(params, built.shardings.params), ema_params=jax.device_put(ema_params, built.shardings.ema_params)
     )  # fmt: skip
-    step_fn = train_state.make_train_step(task, built.optimizer, config, mesh, built.shardings)
+    step_fn = train_state.make_train_step(task, built.optimizer, mesh, built.shardings)
     layouts = {m: convert.layout_for(getattr(task, m), config.data.image_size) for m in modules}
 
     if dtype == "float64":

@@ -31,7 +31,7 @@ def one_step(config, batch_update=None):
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
     built = train.build(config, mesh)
     state = built.fresh_state(jax.random.key(config.seed))
-    step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
+    step = train_state.make_train_step(built.task, built.optimizer, mesh, built.shardings)
     batch = next(train.data.train_iterator(config.data, batch_size=config.batch_size, seed=0))
     if batch_update:
         batch = batch_update(batch)

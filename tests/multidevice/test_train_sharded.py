@@ -59,7 +59,7 @@ def trained(data_devices, model_devices, fsdp):
     state = built.fresh_state(jax.random.key(config.seed))
     initial = jax.tree.map(np.asarray, state.params)
     stored = per_device_bytes((state.params, state.ema_params, state.opt_state))
-    step = train_state.make_train_step(built.task, built.optimizer, config, mesh, built.shardings)
+    step = train_state.make_train_step(built.task, built.optimizer, mesh, built.shardings)
     losses = []
     with jax.set_mesh(mesh):
         for batch in host_batches():
