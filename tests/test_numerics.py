@@ -11,11 +11,15 @@ import pytest
 from lzn_jax import parallel, tasks, train, train_state
 from support import load_config, tiny_joint_config
 
-# Relative |loss_bf16 − loss_f32| / |loss_f32| allowed after one step from the same params and draws. bfloat16
-# keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operation); through a dozen layers that should stay
-# within a few percent. A chosen bound, not yet a measured one: `experiments/numerics_report.py --part bf16`
-# prints the differences (and `pytest -s` this file).
+# |loss_bf16 − loss_f32| allowed after one step from the same params and draws: BF16_LOSS_RTOL · |loss_f32| +
+# BF16_LOSS_ATOL. bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operation); the networks'
+# outputs then differ by ~0.6 % (ResNet-18 anchors: 6.5e-3 relative). The representation loss is a difference of
+# near-equal log-probabilities: its bf16 error is an absolute ~5e-3 whatever the loss's size (4.8e-3 on a loss of
+# 0.18 and on one of 0.99; on this file's batch, whose loss is 0.009, a relative bound alone would fail at 0.59).
+# Hence the absolute term, twice the measured error. Printed by `experiments/numerics_report.py --part bf16`
+# (docs/results/numerics_bf16.txt) and by `pytest -s` of this file.
 BF16_LOSS_RTOL = 5e-2
+BF16_LOSS_ATOL = 1e-2
 
 
 def _configs():
@@ -54,9 +58,11 @@ def _batch(config):
 
 @pytest.mark.parametrize("name", ["generation", "generation_conditional", "representation", "simclr"])
 def test_bfloat16_step_is_finite_and_near_float32(name):
-    """A bf16 step (params float32, same draws) is finite and within BF16_LOSS_RTOL of the float32 step.
+    """A bf16 step (params float32, same draws) is finite and within the bound above of the float32 step.
 
-    Catches a network or loss that overflows or loses the zoning's 1/t² logits in bfloat16.
+    Catches what bfloat16 compute breaks grossly: a network or loss that overflows to inf/NaN (a skipped step), or
+    a loss moved by far more than the rounding of the networks' outputs explains. (The zoning kernel promotes
+    bfloat16 inputs to float32 itself: see lzn_jax/zoning.py.)
     """
     config = _configs()[name]
     batch = _batch(config)
@@ -64,9 +70,11 @@ def test_bfloat16_step_is_finite_and_near_float32(name):
     config.dtype = "bfloat16"
     low = _one_step(config, batch)
     assert low["skipped"] == 0.0 and np.isfinite(low["loss"]) and np.isfinite(low["grad_norm"])
-    err = abs(float(low["loss"]) - float(reference["loss"])) / abs(float(reference["loss"]))
-    print(f"{name}: float32 loss {float(reference['loss']):.6f}, bfloat16 {float(low['loss']):.6f}, relative {err:.2e}")
-    assert err <= BF16_LOSS_RTOL, f"{name}: bf16 loss {low['loss']} vs float32 {reference['loss']} (relative {err:.2e})"
+    high = float(reference["loss"])
+    err = abs(float(low["loss"]) - high)
+    print(f"{name}: float32 loss {high:.6f}, bfloat16 {float(low['loss']):.6f}, absolute {err:.2e}")
+    bound = BF16_LOSS_RTOL * abs(high) + BF16_LOSS_ATOL
+    assert err <= bound, f"{name}: bf16 loss {low['loss']} vs float32 {high} (absolute {err:.2e} > {bound:.2e})"
 
 
 def test_precision_reaches_every_network():
