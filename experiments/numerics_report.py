@@ -24,7 +24,6 @@ import jax
 import numpy as np
 
 import conftest
-from lzn_jax import configlib
 import test_numerics
 import test_reference_steps
 
@@ -50,7 +49,8 @@ def step_parity(dtypes, match) -> None:
 
 
 def bfloat16_steps() -> None:
-    print("\n## One train step, float32 vs bfloat16 networks (same params and draws; tests/test_numerics.py's batch)")
+    print("\n## The second train step, float32 vs bfloat16 networks (same params and draws; tests/test_numerics.py's "
+          "batch and step_metrics)")
     print(f"{'task':<24} {'float32 loss':>14} {'bfloat16 loss':>14} {'absolute':>10} {'relative':>10} {'bound':>10}")
     for name, config in test_numerics._configs().items():
         row(name, config, test_numerics._batch(config))
@@ -64,8 +64,7 @@ def bfloat16_steps() -> None:
 
 
 def row(name, config, batch) -> None:
-    high = float(test_numerics._one_step(config, batch)["loss"])
-    low = float(test_numerics._one_step(configlib.override(config, dtype="bfloat16"), batch)["loss"])
+    high, low = (float(m["loss"]) for m in test_numerics.step_metrics(config, batch))
     bound = test_numerics.BF16_LOSS_RTOL * abs(high) + test_numerics.BF16_LOSS_ATOL
     print(f"{name:<24} {high:>14.6f} {low:>14.6f} {abs(low - high):>10.2e} {abs(low - high) / abs(high):>10.2e} "
           f"{bound:>10.2e}", flush=True)  # fmt: skip
