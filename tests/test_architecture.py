@@ -116,9 +116,15 @@ def test_importing_the_api_pulls_in_no_training_code():
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+    run_python(code)
+
+
+def run_python(code: str) -> str:
+    """Runs `code` in a fresh interpreter on the CPU with this checkout first on the path; returns its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600,
                             env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return result.stdout
 
 
 def test_building_every_paper_train_step_imports_no_tensorflow():
@@ -146,7 +152,5 @@ def test_building_every_paper_train_step_imports_no_tensorflow():
         "    data.batch_spec(config.data, 2)\n"
         "    print(name, 'built')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.count("built") == len(list((ROOT / "configs").glob("*.py"))) - 1, result.stdout
+    out = run_python(code)
+    assert out.count("built") == len(list((ROOT / "configs").glob("*.py"))) - 1, out
