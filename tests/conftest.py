@@ -76,7 +76,6 @@ UNVERIFIED = (
     "test_fsdp_main.py",
     "test_paper_configs.py",
     "test_scale_rehearsal.py::test_rehearsal_",
-    "test_numerics.py::*bfloat16",
 )
 
 
