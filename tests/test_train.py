@@ -111,9 +111,9 @@ def test_short_digits_run_writes_everything_and_resumes(tmp_path):
     workdir = str(tmp_path / "run")
     state = train.train_and_evaluate(config, workdir)
     assert int(state.step) == 4
-    files = set(os.listdir(workdir))
-    assert {"config.json", "metrics.jsonl", "checkpoints", "samples"} <= files
-    assert any(f.startswith("events.out.tfevents") for f in files)
+    entries = set(os.listdir(workdir))
+    assert {"config.json", "metrics.jsonl", "checkpoints", "samples"} <= entries
+    assert any(f.startswith("events.out.tfevents") for f in entries)
     records = files.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     final = {k: v for r in records if r["step"] == 4 for k, v in r.items()}
     assert {"train/loss", "train/recon", "train/label", "eval/accuracy", "eval/accuracy_std1"} <= set(final)
