@@ -167,3 +167,11 @@ def test_every_model_owns_its_size_check_example_inputs_and_tiny_preset(name):
     fields = {f.name for f in dataclasses.fields(cls)}
     assert isinstance(cls.TINY, dict) and set(cls.TINY) <= fields, (name, set(cls.TINY) - fields)
     assert callable(getattr(cls, "example_inputs", None)) and callable(getattr(cls, "check_image_size", None))
+
+
+def test_per_device_handling_happens_once_around_the_loss():
+    """The train step folds the device index into the dropout key and averages over devices (make_train_step);
+    a task that did either again would draw the same dropout on every device or average twice."""
+    offenders = [str(p.relative_to(ROOT)) for p in (PACKAGE / "tasks").glob("*.py")
+                 if any(name in p.read_text() for name in ("axis_index", "pmean"))]  # fmt: skip
+    assert not offenders, offenders
