@@ -170,8 +170,9 @@ def test_every_model_owns_its_size_check_example_inputs_and_tiny_preset(name):
 
 
 def test_per_device_handling_happens_once_around_the_loss():
-    """The train step folds the device index into the dropout key and averages over devices (make_train_step);
-    a task that did either again would draw the same dropout on every device or average twice."""
+    """The train step folds the device index into the dropout key and averages over devices (make_train_step's
+    device_loss), once for every task: a task that folded the index again would draw other dropout masks than
+    the step-parity references expect, and one that forgot it under a future change would go unnoticed."""
     offenders = [str(p.relative_to(ROOT)) for p in (PACKAGE / "tasks").glob("*.py")
                  if any(name in p.read_text() for name in ("axis_index", "pmean"))]  # fmt: skip
     assert not offenders, offenders
