@@ -5,6 +5,8 @@ The NCSN++ presets are the official `config.model` sections: one trunk shared by
 
 import ml_collections
 
+from lzn_jax import models
+
 # ------------------------------------------------------------------ NCSN++ of the official configs
 
 CIFAR10_TRUNK = dict(
@@ -151,17 +153,9 @@ def runlocal(config, *, image_size=None):
     config.module_steps.update({m: -1 for m in config.module_steps})
     if image_size:
         config.data.image_size = image_size
-    small = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, fir=False,
-                 progressive_input="none")  # fmt: skip
-    for section in ("encoder", "decoder"):
-        if config[section].get("name", "").startswith("ncsnpp"):
-            config[section].update(small)
-    if config.encoder.get("name") == "ncsnpp_encoder":
-        config.encoder.update(dict(num_base_channels=4, num_base_units=32, latent_transformation_resolutions=None))
-    if config.decoder.get("name") == "ncsnpp_decoder":
-        config.decoder.progressive = "none"
-    if config.encoder.get("name") == "resnet":
-        config.encoder.update(dict(width_multiplier=1, depth=50))
+    for section in ("encoder", "decoder"):  # each network's own tiny preset (its class's TINY)
+        if config[section].get("name"):
+            config[section].update(models.model_class(config[section].name).TINY)
     for spec in config.evals.values():
         spec.every_steps = -1
     config.zoning.num_steps = min(config.zoning.num_steps, 4)

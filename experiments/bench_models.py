@@ -38,7 +38,7 @@ def _batched_inputs(model, config, batch_size: int, seed: int) -> tuple:
             return jnp.asarray(rng.uniform(0.05, 1.0, (batch_size,)), jnp.float32)
         return jnp.asarray(rng.standard_normal((batch_size, *example.shape[1:])), jnp.float32)
 
-    return tuple(fill(a) for a in convert.example_inputs(model, config.data.image_size, config.data.num_channels))
+    return tuple(fill(a) for a in model.example_inputs(config.data.image_size, config.data.num_channels))
 
 
 def _loss_fn(model, args):

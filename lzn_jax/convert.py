@@ -361,23 +361,9 @@ def _hwc_rows_to_chw(kernel: np.ndarray, channels: int) -> np.ndarray:
     return kernel.reshape(side, side, channels, out).transpose(2, 0, 1, 3).reshape(rows, out)
 
 
-def example_inputs(model: Any, image_size: int, num_channels: int) -> tuple:
-    """Positional `init` arguments of batch size 1 for `model` (enough to trace its parameter shapes)."""
-    images = jnp.zeros((1, image_size, image_size, num_channels), jnp.float32)
-    if isinstance(model, ncsnpp.NCSNPPDecoder):
-        latent = jnp.zeros((1, model.latent_dim)) if model.latent_dim else None
-        label = jnp.zeros((1, model.num_classes)) if model.num_classes else None
-        return latent, label, jnp.full((1,), 0.5), images
-    if isinstance(model, (ncsnpp.NCSNPPEncoder, resnet.ResNetEncoder)):
-        return (images,)
-    if isinstance(model, label_anchors.LabelAnchors):
-        return ()
-    raise TypeError(f"No example inputs are known for {type(model).__name__}.")
-
-
 def param_shapes(model: Any, image_size: int, num_channels: int) -> dict[str, Any]:
     """The `params` tree of `model` as `jax.ShapeDtypeStruct`s (nothing is allocated)."""
-    args = example_inputs(model, image_size, num_channels)
+    args = model.example_inputs(image_size, num_channels)
     return jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
 
 

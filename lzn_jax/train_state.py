@@ -89,11 +89,17 @@ def make_train_step(task, optimizer: optim.Optimizer, mesh, shardings: TrainStat
     """
     rows = P(parallel.DATA)
 
+    def device_loss(params, batch, noise, rng):
+        """One device's rows: its own dropout key; the loss and metrics averaged over the devices (each holds the
+        same number of rows, so this is the global mean)."""
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.DATA))
+        loss, metrics = task.loss(params, batch, noise, rng, axis_name=parallel.DATA)
+        return jax.lax.pmean((loss, metrics), parallel.DATA)
+
     def loss_fn(params, batch, noise, rng):
         params = jax.tree.map(lambda x: jax.reshard(x, P()), params)  # gathered for compute under FSDP
         noise = jax.tree.map(lambda x: jax.reshard(x, rows), noise)
-        local = functools.partial(task.loss, axis_name=parallel.DATA)
-        return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows, P()), out_specs=(P(), P()))(
+        return jax.shard_map(device_loss, mesh=mesh, in_specs=(P(), rows, rows, P()), out_specs=(P(), P()))(
             params, batch, noise, rng
         )
 

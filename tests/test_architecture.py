@@ -7,6 +7,7 @@ subprocess, to check that inference pulls in no training code.
 """
 
 import ast
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -154,3 +155,24 @@ def test_building_every_paper_train_step_imports_no_tensorflow():
     )
     out = run_python(code)
     assert out.count("built") == len(list((ROOT / "configs").glob("*.py"))) - 1, out
+
+
+@pytest.mark.parametrize("name", __import__("lzn_jax.models", fromlist=["names"]).names())
+def test_every_model_owns_its_size_check_example_inputs_and_tiny_preset(name):
+    """What lets a new model touch two files: configs/common.runlocal, convert.param_shapes and tasks.check_config
+    ask the model class, so a model missing one of these would fail there only for configs that use it."""
+    from lzn_jax import models
+
+    cls = models.model_class(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert isinstance(cls.TINY, dict) and set(cls.TINY) <= fields, (name, set(cls.TINY) - fields)
+    assert callable(getattr(cls, "example_inputs", None)) and callable(getattr(cls, "check_image_size", None))
+
+
+def test_per_device_handling_happens_once_around_the_loss():
+    """The train step folds the device index into the dropout key and averages over devices (make_train_step's
+    device_loss), once for every task: a task that folded the index again would draw other dropout masks than
+    the step-parity references expect, and one that forgot it under a future change would go unnoticed."""
+    offenders = [str(p.relative_to(ROOT)) for p in (PACKAGE / "tasks").glob("*.py")
+                 if any(name in p.read_text() for name in ("axis_index", "pmean"))]  # fmt: skip
+    assert not offenders, offenders

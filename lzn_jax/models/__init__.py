@@ -2,7 +2,10 @@
 
 Every model is a Flax module that also owns `check_image_size(image_size, where)` (a ValueError naming the
 config section `where` when the network cannot take `image_size` x `image_size` images; called by
-`tasks.check_config` before any compute). Every model config is a flat ConfigDict
+`tasks.check_config` before any compute), `example_inputs(image_size, num_channels)` (positional `init` arguments
+of batch size 1: how `convert` and the benchmarks trace its parameter shapes) and a class attribute `TINY` (the
+fields of its `:runlocal` preset, applied by `configs/common.runlocal`). So a new model touches its own file and
+`_REGISTRY` below, nothing else. Every model config is a flat ConfigDict
 `{name: <registry key>, **module fields}`; `build` passes the fields to the module's constructor unchanged, so
 a config reads like the module's signature. Modules are imported lazily (no import-side-effect registration).
 """

@@ -7,7 +7,7 @@ models know nothing of zoning.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -22,6 +22,8 @@ class LabelAnchors(nn.Module):
     Its single parameter is `anchors` (the official `LabelAnchor.anchor`).
     """
 
+    TINY: ClassVar[dict] = {}  # the `:runlocal` preset: a table is already small
+
     num_classes: int
     latent_dim: int
     dtype: Dtype = jnp.float32
@@ -30,6 +32,11 @@ class LabelAnchors(nn.Module):
     @nn.nowrap
     def check_image_size(self, image_size: int, where: str) -> None:
         """Every model checks the image size it is configured for; the anchors take no images."""
+
+    @nn.nowrap
+    def example_inputs(self, image_size: int, num_channels: int) -> tuple:
+        """`init` takes no inputs."""
+        return ()
 
     @nn.compact
     def __call__(self) -> jax.Array:

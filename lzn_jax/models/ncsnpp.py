@@ -14,7 +14,7 @@ is the full resolution. `lzn_jax/convert.py` maps the official `all_modules.{ind
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -56,6 +56,10 @@ class NCSNPPTrunk(nn.Module):
 
     Defaults are the CIFAR-10 architecture of the official configs (case studies 1 and 3).
     """
+
+    # The `:runlocal` preset (configs/common.runlocal): fields that make the network tiny but keep its code paths.
+    TINY: ClassVar[dict] = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, fir=False,
+                                progressive_input="none")  # fmt: skip
 
     nf: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)
@@ -214,11 +218,19 @@ class NCSNPPEncoder(NCSNPPTrunk, kw_only=True):
     resolutions outside `latent_transformation_resolutions` (when given) do not exist and contribute zero.
     """
 
+    TINY: ClassVar[dict] = {**NCSNPPTrunk.TINY, "num_base_channels": 4, "num_base_units": 32,
+                            "latent_transformation_resolutions": None}  # fmt: skip
+
     latent_dim: int
     num_base_channels: int = 20
     num_base_units: int = 200
     num_latent_transformation_layers: int = 2
     latent_transformation_resolutions: tuple[int, ...] | None = None
+
+    @nn.nowrap
+    def example_inputs(self, image_size: int, num_channels: int) -> tuple:
+        """Positional `init` arguments of batch size 1 (enough to trace the parameter shapes)."""
+        return (jnp.zeros((1, image_size, image_size, num_channels), jnp.float32),)
 
     @nn.nowrap
     def check_image_size(self, image_size: int, where: str) -> None:
@@ -269,6 +281,8 @@ class NCSNPPDecoder(NCSNPPTrunk, kw_only=True):
     so t must stay away from 0 with Fourier features, as upstream's samplers ensure (t >= 1e-3).
     """
 
+    TINY: ClassVar[dict] = {**NCSNPPTrunk.TINY, "progressive": "none"}
+
     latent_dim: int
     num_classes: int = 0
     time_conditional: bool = True
@@ -276,6 +290,13 @@ class NCSNPPDecoder(NCSNPPTrunk, kw_only=True):
     fourier_scale: float = 16.0
     progressive: str = "none"
     scale_by_sigma: bool = False
+
+    @nn.nowrap
+    def example_inputs(self, image_size: int, num_channels: int) -> tuple:
+        """Positional `init` arguments of batch size 1: (latent | None, label | None, t, xt)."""
+        latent = jnp.zeros((1, self.latent_dim)) if self.latent_dim else None
+        label = jnp.zeros((1, self.num_classes)) if self.num_classes else None
+        return latent, label, jnp.full((1,), 0.5), jnp.zeros((1, image_size, image_size, num_channels), jnp.float32)
 
     def _check_inputs(self, latent, label, t, xt) -> None:
         if xt.ndim != 4:

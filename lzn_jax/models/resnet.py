@@ -12,7 +12,7 @@ same outputs on even-sized inputs; initialisation is torch's default (kaiming-un
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -159,6 +159,9 @@ class ResNetEncoder(nn.Module):
     products in float32 as the official run does; "default" lets TPUs use single bfloat16 passes.
     """
 
+    # The `:runlocal` preset (configs/common.runlocal): the paper's ResNet-50 at width 1.
+    TINY: ClassVar[dict] = dict(width_multiplier=1, depth=50)
+
     latent_dim: int = 128
     depth: int = 50
     width_multiplier: int = 1
@@ -171,6 +174,11 @@ class ResNetEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: Precision = "highest"
+
+    @nn.nowrap
+    def example_inputs(self, image_size: int, num_channels: int) -> tuple:
+        """Positional `init` arguments of batch size 1 (enough to trace the parameter shapes)."""
+        return (jnp.zeros((1, image_size, image_size, num_channels), jnp.float32),)
 
     @nn.nowrap
     def check_image_size(self, image_size: int, where: str) -> None:

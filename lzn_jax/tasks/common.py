@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Optional
 
 import flax.linen as nn
 import jax
 import ml_collections
 import jax.numpy as jnp
-from jax import lax
 
 from lzn_jax import models
 
@@ -74,16 +72,6 @@ def require(config, *sections: str, task: str) -> None:
             raise ValueError(
                 f"task={task!r} needs config.{section}.name (one of {models.names()}); it is empty."
             )
-
-
-def device_key(rng: jax.Array, axis_name: Optional[str]) -> jax.Array:
-    """A per-device key for dropout (folded with the device index along `axis_name`)."""
-    return rng if axis_name is None else jax.random.fold_in(rng, lax.axis_index(axis_name))
-
-
-def device_mean(tree, axis_name: Optional[str]):
-    """Average of per-device scalars; every device holds the same number of rows, so this is the global mean."""
-    return tree if axis_name is None else lax.pmean(tree, axis_name)
 
 
 def apply_encoder(encoder: nn.Module, params, images, *, apply_head: bool = True, train=False, rng=None):

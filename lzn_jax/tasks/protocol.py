@@ -43,6 +43,9 @@ class Task(Protocol):
     def noise(self, rng: jax.Array, batch: dict) -> dict: ...
 
     def loss(self, params: dict, batch: dict, noise: dict, rng: jax.Array, *, axis_name: Optional[str] = None): ...
+    # -> (loss [], metrics {name: []}): means over this device's rows. Under the train step's shard_map,
+    # `axis_name` names the data axis (the zoning kernel gathers every device's anchors along it), `rng` is already
+    # this device's (the step folds the device index in) and the step averages loss and metrics over devices.
 
 
 @runtime_checkable
