@@ -21,6 +21,7 @@ def images():
     return jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(6, 8, 8, 1)), jnp.float32)
 
 
+@pytest.mark.slow  # 90 s cold on 2 cores (fast-tier budget)
 def test_compositions_have_the_documented_shapes(model, images):
     lzn, params = model
     key = jax.random.key(1)
@@ -36,6 +37,7 @@ def test_compositions_have_the_documented_shapes(model, images):
     assert path.shape == (5, 8, 8, 1)
 
 
+@pytest.mark.slow  # 11 s cold on 2 cores (fast-tier budget)
 def test_the_methods_are_pure_and_jittable(model, images):
     lzn, params = model
     key = jax.random.key(2)
@@ -113,6 +115,7 @@ def test_compositions_the_model_lacks_are_refused():
     assert lzn.generate(params, jax.random.key(0), num=3).shape == (3, 8, 8, 1)
 
 
+@pytest.mark.slow  # 59 s cold on 2 cores (fast-tier budget)
 def test_load_a_workdir_written_by_training(tmp_path):
     """A workdir as lzn_jax.main leaves it: config.json and an Orbax checkpoint of the train state."""
     config = tiny_joint_config()

@@ -108,6 +108,7 @@ def test_the_rules_catch_a_forbidden_import():
     assert _allowed("models", "lzn_jax.models.layers")
 
 
+@pytest.mark.slow  # 14 s cold on 2 cores (fast-tier budget)
 def test_importing_the_api_pulls_in_no_training_code():
     code = (
         "import sys, lzn_jax.api, lzn_jax.embed\n"
@@ -128,6 +129,7 @@ def run_python(code: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow  # 17 s cold on 2 cores (fast-tier budget)
 def test_building_every_paper_train_step_imports_no_tensorflow():
     """A bare accelerator machine has no TensorFlow (experiments/device_check.sh builds the steps there).
 

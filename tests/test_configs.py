@@ -22,6 +22,7 @@ def test_every_experiment_has_a_config():
     assert expected <= set(CONFIGS)
 
 
+@pytest.mark.slow  # 36 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("arg", [None, "runlocal"])
 def test_config_checks_and_builds(name, arg):

@@ -353,6 +353,7 @@ def test_rederived_shapes_match_the_recorded_official_state_dicts(ncsnpp_small_f
         assert recorded == list(expected.items())
 
 
+@pytest.mark.slow  # 19 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("name", CONFIGS)
 def test_flax_parameter_counts_equal_official_counts(name):
     config = load_config(name)
@@ -363,6 +364,7 @@ def test_flax_parameter_counts_equal_official_counts(name):
         assert flax_count(convert.param_shapes(model, size, channels)) == official_num_parameters(official)
 
 
+@pytest.mark.slow  # 22 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_official_key_of_every_config_converts(name):
     config = load_config(name)
@@ -512,6 +514,7 @@ def _write_reference_config(path: pathlib.Path, ref) -> None:
     )
 
 
+@pytest.mark.slow  # 20 s cold on 2 cores (fast-tier budget)
 def test_cli_converts_npz_into_an_orbax_checkpoint(tmp_path, ncsnpp_small_file):
     ref = np.load(ncsnpp_small_file)
     config_path = tmp_path / "small.py"

@@ -148,6 +148,7 @@ def test_two_views_are_different_augmentations_of_the_same_example():
     np.testing.assert_array_equal(plain["label"], batch["label"])  # same examples: the order does not depend on views
 
 
+@pytest.mark.slow  # 9 s cold on 2 cores (fast-tier budget)
 def test_resume_at_any_step_yields_the_uninterrupted_batches():
     cfg = digits_cfg(num_views=2, augmentation="affine")
     assert data.steps_per_epoch(cfg, batch_size=256) == 5

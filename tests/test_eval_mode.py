@@ -1,5 +1,6 @@
 """An official PyTorch checkpoint, converted, evaluated by `lzn_jax.main --mode=eval` (train.evaluate)."""
 
+import pytest
 import json
 import os
 
@@ -10,6 +11,7 @@ from test_convert import all_fields, official_state_shapes, synthetic_state_dict
 
 from lzn_jax import api, convert, train
 
+@pytest.mark.slow  # 19 s cold on 2 cores (fast-tier budget)
 def test_converted_official_checkpoint_is_evaluated_and_loaded(tmp_path):
     config = tiny_joint_config()
     config.rf.euler_steps = 2

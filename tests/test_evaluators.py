@@ -45,12 +45,14 @@ def build(name, spec, config, task, mesh, workdir=None):
     return evaluators.build(name, spec, task=task, config=config, workdir=workdir, mesh=mesh, writer=None)
 
 
+@pytest.mark.slow  # 41 s cold on 2 cores (fast-tier budget)
 def test_unknown_evaluator_names_the_valid_kinds(joint):
     config, task, _, mesh = joint
     with pytest.raises(ValueError, match="did you mean 'samples'"):
         build("samplez", {}, config, task, mesh)
 
 
+@pytest.mark.slow  # 53 s cold on 2 cores (fast-tier budget)
 def test_class_accuracy_names_and_padding_rows_change_no_prediction(joint):
     config, task, params, mesh = joint
     ev = build("class_accuracy", dict(splits=("test",), stds=(0.0, 1.0), batch_size=64), config, task, mesh)
@@ -124,6 +126,7 @@ def test_samples_write_one_png_per_sampler(joint, tmp_path):
     assert np.isfinite(results["eval/samples_euler_std"])
 
 
+@pytest.mark.slow  # 9 s cold on 2 cores (fast-tier budget)
 def test_reconstruction_error_is_reported(joint, tmp_path):
     config, task, params, mesh = joint
     ev = build("reconstruction", dict(num=4, repeats=1), config, task, mesh, str(tmp_path))
@@ -133,6 +136,7 @@ def test_reconstruction_error_is_reported(joint, tmp_path):
     assert os.listdir(tmp_path / "reconstructions") == ["euler_00000003.png"]
 
 
+@pytest.mark.slow  # 15 s cold on 2 cores (fast-tier budget)
 def test_sample_classifier_accuracy(joint):
     config, task, params, mesh = joint
     ev = build("sample_accuracy", dict(per_class=2, num_epochs=2), config, task, mesh)
@@ -142,6 +146,7 @@ def test_sample_classifier_accuracy(joint):
     assert all(0.0 <= v <= 1.0 for v in results.values())
 
 
+@pytest.mark.slow  # 41 s cold on 2 cores (fast-tier budget)
 def test_fid_with_inception_weights_from_a_file(joint, tmp_path):
     config, task, params, mesh = joint
     weights = tmp_path / "inception.npz"
@@ -175,6 +180,7 @@ def representation():
     return config, task, params, parallel.make_mesh(-1)
 
 
+@pytest.mark.slow  # 60 s cold on 2 cores (fast-tier budget)
 def test_frozen_linear_probe_and_export_on_a_representation_model(representation, tmp_path):
     config, task, params, mesh = representation
     spec = dict(protocol="frozen", num_epochs=2, batch_size=64, modes=("no_head", "head"), include_pixels=True)
@@ -194,6 +200,7 @@ def test_frozen_linear_probe_and_export_on_a_representation_model(representation
     assert export.host_memory_bytes() >= 360 * 256 * 4
 
 
+@pytest.mark.slow  # 30 s cold on 2 cores (fast-tier budget)
 def test_augmented_linear_probe_streams_fresh_views_under_the_paper_metric_name(representation):
     """The default protocol (the paper's) names its metric eval/linear_probe_accuracy and reads the train split
     through the augmented training pipeline, one epoch of steps_per_epoch minibatches per probe epoch."""

@@ -135,6 +135,7 @@ def extractor(weights_file):
     return fid.InceptionFeatures(inception.load_inception_params(weights_file), batch_size=2)
 
 
+@pytest.mark.slow  # 19 s cold on 2 cores (fast-tier budget)
 def test_features_replicate_grey_and_do_not_depend_on_batch_padding(extractor):
     rng = np.random.default_rng(4)
     grey = rng.uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32)
@@ -158,6 +159,7 @@ def _batches(images, batch_size):
         yield {"image": padded, "label": np.zeros(batch_size, np.int32), "mask": mask}
 
 
+@pytest.mark.slow  # 69 s cold on 2 cores (fast-tier budget)
 def test_fid_evaluator_caches_reference_stats_and_scores_identical_samples_near_zero(weights_file, tmp_path):
     rng = np.random.default_rng(5)
     reference = rng.uniform(-1, 1, (5, 8, 8, 3)).astype(np.float32)

@@ -190,6 +190,7 @@ def reasonable(*arrays):
     return all(np.max(np.abs(x)) <= REASONABLE for x in arrays)
 
 
+@pytest.mark.slow  # 15 s cold on 2 cores (fast-tier budget)
 @FUZZ
 @given(zoning_values(), solvers)
 def test_eager_assign_raises_on_bad_values_or_gives_normalised_log_probs(values, solver):
@@ -211,6 +212,7 @@ def test_eager_assign_raises_on_bad_values_or_gives_normalised_log_probs(values,
     np.testing.assert_allclose(picked, np.take_along_axis(log_probs, targets[None, :, None], 2)[..., 0], atol=1e-4)
 
 
+@pytest.mark.slow  # 13 s cold on 2 cores (fast-tier budget)
 @FUZZ
 @given(zoning_values(), solvers)
 def test_eager_latents_raise_on_bad_values_or_are_finite(values, solver):
@@ -400,6 +402,7 @@ def test_generate_refuses_bad_labels(model, dtype, values, as_matrix):
         assert jax.eval_shape(call).shape == (labels.shape[0], 8, 8, 1)
 
 
+@pytest.mark.slow  # 12 s cold on 2 cores (fast-tier budget)
 def test_under_jit_bad_labels_and_images_come_back_visibly_wrong(model):
     """Unchecked under jit: an out-of-range label's image is NaN (not a clamped class), and a NaN image's
     class is -1 (not argmin's 0); the valid rows are unaffected."""

@@ -109,6 +109,7 @@ def _creation_index(name: str) -> int:
     return int(suffix) if suffix.isdigit() else -1
 
 
+@pytest.mark.slow  # 20 s cold on 2 cores (fast-tier budget)
 def test_matches_keras_inception_v3_up_to_the_last_block(variables):
     """An independent implementation of the same TF graph: Keras' InceptionV3 (scale-free BN, same layout).
 

@@ -32,6 +32,7 @@ def test_probe_on_pixels_is_accurate_and_deterministic(digits):
     assert other_seed != result and other_seed["accuracy"] > 0.9
 
 
+@pytest.mark.slow  # 10 s cold on 2 cores (fast-tier budget)
 def test_full_batch_probe_learns_and_weight_decay_changes_it(digits):
     train, test = _flat(digits[0]), _flat(digits[1])
     full = linear_probe.fit_linear_probe(*train, *test, num_classes=10)  # the defaults: 300 full-batch steps
@@ -81,6 +82,7 @@ def _batches(split, batch_size=256):
         }
 
 
+@pytest.mark.slow  # 8 s cold on 2 cores (fast-tier budget)
 def test_evaluator_yields_each_mode_and_probes_pixels_once(digits):
     calls = []
 
@@ -130,6 +132,7 @@ def _epoch_minibatches(x, y, *, seed, num_epochs, batch_size):
             yield {"pixels": x[idx]}, y[idx]
 
 
+@pytest.mark.slow  # 15 s cold on 2 cores (fast-tier budget)
 def test_streamed_probe_takes_the_same_adamw_steps_as_the_frozen_probe(digits):
     """Fed the frozen probe's own minibatches, the streamed probe (the paper's protocol, one minibatch at a time)
     ends with the same head: a streamed step that differed from the frozen one (optimizer, init, loss) shows here."""
@@ -144,6 +147,7 @@ def test_streamed_probe_takes_the_same_adamw_steps_as_the_frozen_probe(digits):
     assert streamed["train_loss"] == pytest.approx(frozen["train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow  # 43 s cold on 2 cores (fast-tier budget)
 def test_streamed_probe_keeps_no_minibatch_so_its_memory_does_not_grow_with_the_data(digits):
     """Every minibatch is released once the next one arrives: memory is one minibatch, whatever the dataset size
     (a probe that accumulated features, as the frozen protocol does, keeps them all alive)."""

@@ -69,6 +69,7 @@ def built_task(name, **updates):
     return built.task, state.params, {k: jnp.asarray(v) for k, v in batch.items()}
 
 
+@pytest.mark.slow  # 26 s cold on 2 cores (fast-tier budget)
 def test_rectified_flow_loss_is_the_mean_squared_velocity_error():
     """mean over pixels of (x1 − x0 − v(t, t·x1 + (1−t)·x0))²: the official decoder loss. A reversed
     interpolation, target x0 − x1, or a time scaled differently changes the value."""
@@ -99,6 +100,7 @@ def nt_xent_numpy(z1, z2, temperature):
     return np.mean(losses_)
 
 
+@pytest.mark.slow  # 43 s cold on 2 cores (fast-tier budget)
 def test_simclr_loss_is_nt_xent():
     task, params, batch = built_task("digits_simclr", **{"loss.temperature": 0.3, "encoder.depth": 18})
     loss, _ = task.loss(params, batch, task.noise(jax.random.key(1), batch), jax.random.key(2))

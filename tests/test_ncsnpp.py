@@ -42,6 +42,7 @@ def _fresh_params(model, *args):
 # Shapes and architecture options.
 
 
+@pytest.mark.slow  # 11 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize(
     "resblock_type,fir,progressive,progressive_input,combine,embedding",
     [
@@ -68,6 +69,7 @@ def test_decoder_and_encoder_shapes_for_every_option(
     assert out.shape == (2, 7)
 
 
+@pytest.mark.slow  # 12 s cold on 2 cores (fast-tier budget)
 def test_fir_progressive_decoder_runs_and_is_finite():
     decoder = ncsnpp.NCSNPPDecoder(latent_dim=5, fir=True, progressive="output_skip", progressive_input="input_skip",
                                    embedding_type="fourier", scale_by_sigma=True, **TINY)
@@ -136,6 +138,7 @@ def test_invalid_option_names_are_reported():
 # Initialisation (as upstream: DDPM variance scaling, ~zero output layers, frozen Fourier frequencies).
 
 
+@pytest.mark.slow  # 12 s cold on 2 cores (fast-tier budget)
 def test_fresh_decoder_outputs_almost_zero_because_output_conv_is_zero_scaled():
     decoder = ncsnpp.NCSNPPDecoder(latent_dim=5, num_classes=3, **TINY)
     args = _decoder_args()
@@ -183,6 +186,7 @@ def test_fourier_frequencies_are_a_frozen_parameter():
 # Dropout and mixed precision.
 
 
+@pytest.mark.slow  # 14 s cold on 2 cores (fast-tier budget)
 def test_dropout_only_in_training_and_driven_by_the_dropout_rng():
     encoder = ncsnpp.NCSNPPEncoder(latent_dim=4, num_base_channels=2, num_base_units=3, **dict(TINY, dropout=0.5))
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
@@ -196,6 +200,7 @@ def test_dropout_only_in_training_and_driven_by_the_dropout_rng():
     assert float(jnp.abs(train[0] - eval_a).max()) > 0
 
 
+@pytest.mark.slow  # 19 s cold on 2 cores (fast-tier budget)
 def test_bfloat16_forward_tracks_float32():
     kw = dict(latent_dim=5, num_classes=3, **TINY)
     args = _decoder_args()
@@ -293,6 +298,7 @@ def count_params(model, *args) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
 
 
+@pytest.mark.slow  # 16 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("name", sorted(PINNED_COUNTS))
 def test_config_models_build_with_official_parameter_counts(name):
     config = load_config(name)

@@ -70,6 +70,7 @@ def _batch(config):
     return batch
 
 
+@pytest.mark.slow  # 437 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("name", ["generation", "generation_conditional", "representation", "simclr"])
 def test_bfloat16_step_is_finite_and_near_float32(name):
     """A bf16 step (params float32, same draws) is finite and within the bound above of the float32 step.
@@ -98,6 +99,7 @@ def test_precision_reaches_every_network():
     assert tasks.build(_configs()["representation"]).encoder.precision == jax.lax.Precision.HIGHEST
 
 
+@pytest.mark.slow  # 13 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("name", ["generation_conditional", "representation"])
 def test_every_product_of_a_train_step_is_highest_by_default(name):
     """Forward and backward of the loss: every conv and dot_general carries Precision.HIGHEST (the official

@@ -1,5 +1,6 @@
 """The optimizer and EMA follow the official trainers: per-module Adam, LinearLR warm-up, global clip, freezing."""
 
+import pytest
 import functools
 
 import jax
@@ -78,6 +79,7 @@ def test_a_non_finite_gradient_of_a_trainable_module_is_reported():
     assert not bool(update(make(), grads, params).grads_finite)
 
 
+@pytest.mark.slow  # 11 s cold on 2 cores (fast-tier budget)
 def test_raveled_and_tree_layouts_update_identically():
     """The replicated layout (one raveled vector per module) and FSDP's trees are the same optimizer.
 

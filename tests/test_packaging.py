@@ -1,5 +1,6 @@
 """`pip install` ships the configs: `--config=configs/<name>.py` works from a directory that has no configs/."""
 
+import pytest
 import os
 import pathlib
 import shutil
@@ -20,6 +21,7 @@ print(main.FLAGS.config.batch_size)
 """
 
 
+@pytest.mark.slow  # 11 s cold on 2 cores (fast-tier budget)
 def test_an_installed_wheel_finds_its_configs_outside_a_checkout(tmp_path):
     """Installed lzn_jax once had no configs: the README's commands needed the checkout as working directory."""
     source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info next to setup.py

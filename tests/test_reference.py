@@ -33,6 +33,7 @@ def load(path):
         return {k: data[k] for k in data.files}
 
 
+@pytest.mark.slow  # 11 s cold on 2 cores (fast-tier budget)
 def test_case_study_2_flows_loss_and_gradients(latent_flows_file):
     r = load(latent_flows_file)
     steps, cutoff = int(r["c_steps"]), float(r["c_cutoff"])
@@ -67,6 +68,7 @@ def test_case_study_2_flows_loss_and_gradients(latent_flows_file):
         assert_close(grad2, r["c_grad_anchors2"], f"c_grad_anchors2 (block_size={block_size})")
 
 
+@pytest.mark.slow  # 8 s cold on 2 cores (fast-tier budget)
 def test_dpm_solver_flows_and_gradient(latent_flows_file):
     r = load(latent_flows_file)
     steps = int(r["d_steps"])
@@ -87,6 +89,7 @@ def test_dpm_solver_flows_and_gradient(latent_flows_file):
     assert_close(grad(anchors), r["d_grad_sq_latent"], "d_grad_sq_latent")
 
 
+@pytest.mark.slow  # 16 s cold on 2 cores (fast-tier budget)
 def test_label_flows_loss_gradients_and_prediction(latent_flows_file):
     r = load(latent_flows_file)
     steps, cutoff = int(r["l_steps"]), float(r["l_cutoff"])

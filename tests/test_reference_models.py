@@ -61,6 +61,7 @@ def test_encoder_matches_official(reference):
     _assert_close(out, ref["out_encoder"], "encoder anchors")
 
 
+@pytest.mark.slow  # 18 s cold on 2 cores (fast-tier budget)
 def test_decoder_matches_official(reference):
     ref, model_cfg, data_cfg = reference
     num_classes = int(ref["num_classes"])

@@ -38,6 +38,7 @@ def test_repr_imagenet_config_has_official_parameter_count():
     assert count(param_shapes(encoder, jnp.zeros((1, size, size, config.data.num_channels)))) == 28_231_232
 
 
+@pytest.mark.slow  # 8 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize(
     "depth,width,sk_ratio,expected_millions",
     # Backbone sizes published with SimCLRv2 (ResNet-50 = torchvision's 23.5M without fc; +SK: 35M, 101+SK: 65M).
@@ -63,6 +64,7 @@ def test_head_shapes_and_width_multiplier():
     assert "bias" not in head["head_dense0"]
 
 
+@pytest.mark.slow  # 18 s cold on 2 cores (fast-tier budget)
 def test_fresh_blocks_start_as_their_shortcut():
     encoder = resnet.ResNetEncoder(latent_dim=64, head_num_layers=2)
     x = jnp.zeros((1, 32, 32, 3))
@@ -97,6 +99,7 @@ def test_input_is_mapped_from_minus_one_one_to_unit_interval():
     np.testing.assert_allclose(seen["x"], (x + 1.0) / 2.0)
 
 
+@pytest.mark.slow  # 13 s cold on 2 cores (fast-tier budget)
 def test_remat_keeps_param_names_and_gives_identical_gradients():
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
     plain = resnet.ResNetEncoder(latent_dim=64, head_num_layers=2)
@@ -130,6 +133,7 @@ def test_bad_arguments_are_reported():
         resnet.ResNetEncoder(latent_dim=32).init(jax.random.key(0), x)
 
 
+@pytest.mark.slow  # 28 s cold on 2 cores (fast-tier budget)
 def test_small_basic_block_resnet_for_cpu_runs():
     """ResNet-18 (torchvision's 11.2M-parameter backbone without fc at base width 64), and the small-image stem."""
     full = models.build(dict(name="resnet", latent_dim=128, depth=18, head_num_layers=0))

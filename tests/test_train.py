@@ -68,6 +68,7 @@ def task_id(case):
     return "-".join([name, *(f"{k}={v or 'none'}" for k, v in updates.items())])
 
 
+@pytest.mark.slow  # 488 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("name, updates", TASKS + BFLOAT16, ids=[task_id(c) for c in TASKS + BFLOAT16])
 def test_one_step_of_every_task_updates_every_module(name, updates):
     before, after, metrics = one_step(tiny(name, **updates))
@@ -80,6 +81,7 @@ def test_one_step_of_every_task_updates_every_module(name, updates):
         assert int(after.ema_counts[module]) == 1
 
 
+@pytest.mark.slow  # 87 s cold on 2 cores (fast-tier budget)
 def test_frozen_modules_do_not_change():
     config = tiny("digits_joint", **{"module_steps.decoder": 0, "module_steps.label_anchors": 0})
     before, after, metrics = one_step(config)
@@ -90,6 +92,7 @@ def test_frozen_modules_do_not_change():
     assert changed(before.params["encoder"], after.params["encoder"])
 
 
+@pytest.mark.slow  # 18 s cold on 2 cores (fast-tier budget)
 def test_a_non_finite_step_changes_nothing_but_the_counters():
     def poison(batch):
         image = np.array(batch["image"])
@@ -104,6 +107,7 @@ def test_a_non_finite_step_changes_nothing_but_the_counters():
     assert not np.array_equal(before.rng, after.rng)
 
 
+@pytest.mark.slow  # 50 s cold on 2 cores (fast-tier budget)
 def test_short_digits_run_writes_everything_and_resumes(tmp_path):
     config = tiny("digits_joint", num_train_steps=4, log_every_steps=2, checkpoint_every_steps=2)
     config.evals.class_accuracy.update(every_steps=4, splits=("test",))

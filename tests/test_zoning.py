@@ -26,6 +26,7 @@ def case_study_2_loss(view1, view2, prior, *, steps=12, solver="euler", block_si
     return losses.representation_loss(log_probs)["total"]
 
 
+@pytest.mark.slow  # 65 s cold on 2 cores (fast-tier budget)
 @pytest.mark.parametrize("solver", ["euler", "dpm_solver++"])
 def test_blocked_path_equals_dense_path(solver):
     """Same algorithm, tiled: equal to float64 rounding (float32 would only measure rounding noise)."""
@@ -50,6 +51,7 @@ def test_blocked_path_equals_dense_path(solver):
         np.testing.assert_allclose(jnp.exp(log_probs_b), jnp.exp(log_probs), atol=1e-10)
 
 
+@pytest.mark.slow  # 49 s cold on 2 cores (fast-tier budget)
 def test_gradients_match_finite_differences():
     with jax.enable_x64(True):
         view1, view2, prior = problem(b=8, d=3, spread=0.5)
@@ -63,6 +65,7 @@ def test_gradients_match_finite_differences():
         check_grads(loss, (view1, view2, prior, weights), order=1, modes=["rev"], eps=1e-5, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # 9 s cold on 2 cores (fast-tier budget)
 def test_target_log_probs_are_the_gathered_columns_of_the_full_matrix():
     view1, view2, prior = (jnp.asarray(x, jnp.float32) for x in problem())
     lat = zoning.latents(view1, prior, num_steps=8)
@@ -76,6 +79,7 @@ def test_target_log_probs_are_the_gathered_columns_of_the_full_matrix():
         np.testing.assert_allclose(jnp.sum(jnp.exp(full), axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow  # 14 s cold on 2 cores (fast-tier budget)
 def test_zero_weight_anchors_get_probability_zero_and_finite_gradients():
     _, view2, _ = problem(b=6, d=4)
     anchors = jnp.asarray(view2, jnp.float32)
@@ -96,6 +100,7 @@ def test_zero_weight_anchors_get_probability_zero_and_finite_gradients():
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 
+@pytest.mark.slow  # 9 s cold on 2 cores (fast-tier budget)
 def test_labels_zone_latents_land_in_their_own_zone():
     """Label → latent (forward flow of anchors[labels]) → reverse flow recovers the label.
 
@@ -176,6 +181,7 @@ def test_bad_input_raises_a_clear_error(index):
     assert message in str(info.value)
 
 
+@pytest.mark.slow  # 25 s cold on 2 cores (fast-tier budget)
 def test_zero_weight_anchors_leave_the_forward_flow_exactly():
     """Padding rows given weight 0 change nobody's latent: the same as flowing the real rows alone."""
     view1, _, prior = (jnp.asarray(x, jnp.float32) for x in problem(b=12))
@@ -185,6 +191,7 @@ def test_zero_weight_anchors_leave_the_forward_flow_exactly():
     np.testing.assert_allclose(padded[:9], real, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # 38 s cold on 2 cores (fast-tier budget)
 def test_gradients_with_near_duplicate_anchors_stay_accurate_in_float32():
     """Tight clusters of anchors: zones overlap at small t, where logits carry 1/t² (1e8) rounding. A backward
     pass that normalises probabilities with logits rounded differently from its own gets gradients of 1e30
