@@ -75,6 +75,7 @@ def test_class_accuracy_names_and_padding_rows_change_no_prediction(joint):
         assert not np.allclose(other[:5], task.image_latents(params, x[:5], zeros[:5]))
 
 
+@pytest.mark.slow  # needs the module's `joint` model (36 s to build cold): every other user of it is slow (fast-tier budget)
 def test_class_accuracy_mixtures_are_consecutive_runs_of_the_seed0_torch_permutation(joint):
     """As the official sampler: batch i of a split holds examples perm[i·B : (i+1)·B] of torch.randperm(N) seeded
     with 0; shuffle_seed=None reads the split in its own order. A mixture formed in file order (the bug this
@@ -94,6 +95,7 @@ def test_class_accuracy_mixtures_are_consecutive_runs_of_the_seed0_torch_permuta
     np.testing.assert_array_equal(first_plain["image"], images[:64])
 
 
+@pytest.mark.slow  # needs the module's `joint` model: every other user of it is slow (fast-tier budget)
 def test_ordered_split_buffers_at_most_max_host_bytes_and_yields_the_same_batches(joint):
     config = joint[0]
     order = common.torch_randperm(360, 0)
@@ -117,6 +119,7 @@ def test_ordered_split_buffers_at_most_max_host_bytes_and_yields_the_same_batche
             np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.slow  # needs the module's `joint` model, and compiles a sampler (10 s): every other user of it is slow (fast-tier budget)
 def test_samples_write_one_png_per_sampler(joint, tmp_path):
     config, task, params, mesh = joint
     ev = build("samples", dict(samplers=("euler",), per_class=1), config, task, mesh, str(tmp_path))
@@ -218,6 +221,7 @@ def test_augmented_linear_probe_streams_fresh_views_under_the_paper_metric_name(
     assert len(seen) == 2 * (1437 // 256)
 
 
+@pytest.mark.slow  # needs the module's `representation` model (22 s to build cold): every other user of it is slow (fast-tier budget)
 def test_linear_probe_host_memory_grows_with_the_data_only_in_the_frozen_protocol(representation):
     config, task, _, mesh = representation
     small = config.copy_and_resolve_references()
