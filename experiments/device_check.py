@@ -21,7 +21,6 @@ random arrays of the dataset's shapes (`data.batch_spec`), not tf.data pipelines
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 from chips import CHIPS, chip_of  # noqa: E402
+from results import load_config  # noqa: E402  (standard library only: safe on a bare GPU machine)
 from lzn_jax import configlib, data, losses, parallel, train, train_state, zoning  # noqa: E402
 
 # The paper's global batch is in each config; its GPU count per case study (as experiments/scale_rehearsal.py).
@@ -48,13 +48,6 @@ TINY_KERNEL = dict(rows=64, anchors=256, dim=16, steps=2)
 
 def log(line: str) -> None:
     print(line, flush=True)
-
-
-def load_config(name: str, arg=None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def timed(run, steps: int) -> float:
