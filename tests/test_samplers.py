@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import integrate as scipy_integrate
 
-from lzn_jax import samplers
+from lzn_jax import parallel, samplers
+from lzn_jax.evaluators import common
 
 EPS = 1e-3  # config.rf.t_eps
 RTOL = ATOL = 1e-5  # config.rf.rk45_rtol / rk45_atol, the official scipy RK45 tolerances
@@ -91,6 +92,25 @@ def test_inverse_of_forward_recovers_the_noise(noise):
     data = rk45(nonlinear_velocity, noise, EPS, 1.0)
     assert np.max(np.abs(data - noise)) > 0.1  # the flow moved the points
     assert np.max(np.abs(rk45(nonlinear_velocity, data, 1.0, EPS) - noise)) < BOUND
+
+
+def test_rk45_runs_inside_the_evaluators_shard_map(noise):
+    """The FID, samples and reconstruction evaluators run RK45 per device through `common.sharded_fn`.
+
+    Bug this catches: under shard_map's varying-axes type check, diffrax's while_loop carry starts with constants
+    (not varying over `data`) that its body makes varying, and every gen_* paper config crashed at its first FID
+    evaluation (`while_loop ... carry ... float32[...] vs float32[...]{V:data}`), after the train step had run.
+    """
+    mesh = parallel.make_mesh()
+
+    def local(params, rates, x, *, axis_name):  # rates [B]: the rows' own field, sharded with them
+        field = lambda t, y: (rates * jnp.cos(OMEGA * t))[:, None, None, None] * y  # noqa: E731
+        return samplers.integrate(field, x, t0=EPS, t1=1.0, sampler="rk45", num_steps=0, rtol=RTOL, atol=ATOL)
+
+    rows = parallel.batch_sharding(mesh)
+    out = common.sharded_fn(local, mesh, num_row_args=2)({}, jax.device_put(RATES, rows), jax.device_put(noise, rows))
+    exact = linear_solution(noise.astype(np.float64), EPS, 1.0)
+    assert np.max(np.abs(np.asarray(out) - exact)) < BOUND
 
 
 def test_unknown_sampler_is_refused(noise):
