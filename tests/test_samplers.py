@@ -99,7 +99,8 @@ def test_rk45_runs_inside_the_evaluators_shard_map(noise):
 
     Bug this catches: under shard_map's varying-axes type check, diffrax's while_loop carry starts with constants
     (not varying over `data`) that its body makes varying, and every gen_* paper config crashed at its first FID
-    evaluation (`while_loop ... carry ... float32[...] vs float32[...]{V:data}`), after the train step had run.
+    evaluation (`while_loop ... carry ... float32[...] vs float32[...]{V:data}`), after the train step had run;
+    then, inside the loop's `jax.set_mesh`, at diffrax's status flags (`assert not hlo_sharding.is_manual()`).
     """
     mesh = parallel.make_mesh()
 
@@ -108,8 +109,12 @@ def test_rk45_runs_inside_the_evaluators_shard_map(noise):
         return samplers.integrate(field, x, t0=EPS, t1=1.0, sampler="rk45", num_steps=0, rtol=RTOL, atol=ATOL)
 
     rows = parallel.batch_sharding(mesh)
-    out = common.sharded_fn(local, mesh, num_row_args=2)({}, jax.device_put(RATES, rows), jax.device_put(noise, rows))
-    exact = linear_solution(noise.astype(np.float64), EPS, 1.0)
+    noise = np.concatenate([noise] * 8)[:8]  # 8 rows: whole rows on each of 1 or 8 devices (tests/multidevice)
+    rates = np.resize(RATES, 8)
+    with jax.set_mesh(mesh):  # as the training loop runs its evaluators
+        out = common.sharded_fn(local, mesh, num_row_args=2)({}, jax.device_put(rates, rows), jax.device_put(noise, rows))
+    growth = np.exp(rates * (np.sin(OMEGA * 1.0) - np.sin(OMEGA * EPS)) / OMEGA)  # linear_solution, per row
+    exact = noise.astype(np.float64) * growth[:, None, None, None]
     assert np.max(np.abs(np.asarray(out) - exact)) < BOUND
 
 

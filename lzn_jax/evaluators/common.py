@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from lzn_jax import data, parallel
 
 
-def sharded_fn(local: Callable, mesh, num_row_args: int) -> Callable:
+def sharded_fn(local: Callable, mesh, num_row_args: int) -> "ShardedFn":
     """jit(shard_map(local)) for `local(params, *row_args, axis_name=...)` returning row-sharded outputs.
 
     The varying-axes check is off: the adaptive RK45 sampler's loop (diffrax) starts its carry with constants that
@@ -27,7 +27,29 @@ def sharded_fn(local: Callable, mesh, num_row_args: int) -> Callable:
         in_specs = (P(),) + (rows,) * num_row_args
         return jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=rows, check_vma=False)(params, *row_args)
 
-    return jax.jit(run)
+    return ShardedFn(jax.jit(run))
+
+
+class ShardedFn:
+    """A jitted `sharded_fn`, called and traced with no mesh in context.
+
+    The training loop runs the evaluators inside `jax.set_mesh` (explicit axes). There, JAX 0.10 gives the
+    constants made inside a shard_map a manual sharding and then fails computing on them eagerly (an assertion in
+    `op_shardings`): diffrax's RK45 does so with its status flags. The functions carry their shardings in their
+    inputs and need no mesh in context.
+    """
+
+    def __init__(self, jitted):
+        self._jitted = jitted
+
+    def __call__(self, *args):
+        with jax.set_mesh(None):
+            return self._jitted(*args)
+
+    def trace(self, *args):
+        """`jax.jit(...).trace`: what the scale rehearsal lowers and compiles."""
+        with jax.set_mesh(None):
+            return self._jitted.trace(*args)
 
 
 def row_structs(mesh, batch_size: int, *shapes_dtypes) -> tuple:
