@@ -102,7 +102,7 @@ def model_check(name: str, config, batch_size: int, dtype: str, repeats: int) ->
     batch = {k: rng.uniform(-1, 1, v.shape).astype(v.dtype) if v.ndim > 1 else rng.integers(0, config.num_classes, v.shape).astype(v.dtype)
              for k, v in spec.items()}  # fmt: skip
     with jax.set_mesh(mesh):
-        state = jax.jit(built.init, out_shardings=built.shardings)(jax.random.key(0))
+        state = built.fresh_state(jax.random.key(0))
         batch = parallel.global_batch(batch, mesh)
         compiled = step.lower(state, batch).compile()  # compiled once: timed below, and its FLOPs counted
         cost = compiled.cost_analysis()

@@ -78,7 +78,20 @@ class Built:
 
     def fresh_state(self, rng: jax.Array) -> train_state.TrainState:
         """The initial state, each array created where `shardings` places it (never whole on one device)."""
-        return jax.jit(self.init, out_shardings=self.shardings)(rng)
+        init = jax.jit(self.init, out_shardings=self.shardings).lower(rng)
+        return init.compile(compiler_options=_init_compiler_options(self.shardings))(rng)
+
+
+def _init_compiler_options(shardings) -> dict:
+    """XLA options of the one-off init program: on CPU, no LLVM optimisation.
+
+    Init is some thousands of random fills that run once. XLA's CPU backend spends about a minute optimising them
+    for a tiny digits model and 14 s without (experiments/bench_init.py, docs/results/init_compile.txt); the fills
+    take milliseconds either way. The values may differ from an optimised build in the last float bit (the
+    normal draws' inverse error function), as they do between backends. Other backends compile as usual.
+    """
+    platforms = {device.platform for device in jax.tree.leaves(shardings)[0].device_set}
+    return {"xla_backend_optimization_level": 0} if platforms == {"cpu"} else {}
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
