@@ -19,8 +19,11 @@ def sharded_fn(local: Callable, mesh, num_row_args: int) -> "ShardedFn":
     the check has nothing to protect here.
     """
     rows = P(parallel.DATA)
+    whole = jax.sharding.NamedSharding(mesh, P())
 
     def run(params, *row_args):
+        params = jax.tree.map(lambda x: jax.reshard(x, whole), params)  # gathered where FSDP shards them
+
         def body(params, *args):
             return local(params, *args, axis_name=parallel.DATA)
 
