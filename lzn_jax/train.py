@@ -82,16 +82,19 @@ class Built:
         return init.compile(compiler_options=_init_compiler_options(self.shardings))(rng)
 
 
+CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
 def _init_compiler_options(shardings) -> dict:
-    """XLA options of the one-off init program: on CPU, no LLVM optimisation.
+    """XLA options of the one-off init program: on CPU, no LLVM optimisation (CPU_INIT_COMPILER_OPTIONS).
 
     Init is some thousands of random fills that run once. XLA's CPU backend spends about a minute optimising them
-    for a tiny digits model and 14 s without (experiments/bench_init.py, docs/results/init_compile.txt); the fills
-    take milliseconds either way. The values may differ from an optimised build in the last float bit (the
+    for a tiny digits model and a quarter of that without (experiments/bench_compile.py,
+    docs/results/compile_cpu.json); the fills take milliseconds either way. The values may differ from an optimised build in the last float bit (the
     normal draws' inverse error function), as they do between backends. Other backends compile as usual.
     """
     platforms = {device.platform for device in jax.tree.leaves(shardings)[0].device_set}
-    return {"xla_backend_optimization_level": 0} if platforms == {"cpu"} else {}
+    return CPU_INIT_COMPILER_OPTIONS if platforms == {"cpu"} else {}
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
