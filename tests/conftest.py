@@ -68,20 +68,21 @@ def pytest_ignore_collect(collection_path, config):
 
 
 
-# Slow tests written in stops 11-12 that have not yet run to completion on the 2-core machine (its CPU was shared by
-# six sessions at load 30-40). CI sets LZN_SKIP_UNVERIFIED=1 and leaves them out until a quiet run shows them
+# Slow tests that have not yet run to completion on the 2-core development machine. CI sets LZN_SKIP_UNVERIFIED=1 and leaves them out until a quiet run shows them
 # green; `pytest tests` runs them. Entries are node-id fragments ('*' joins fragments that must all appear).
 # Remove an entry once it has passed. tests/test_multidevice.py passes its entries on to the 8-device run.
 UNVERIFIED = (
-    "test_fsdp_main.py",
-    "test_paper_configs.py",  # stop 13: gen_* fail: RK45 (diffrax) under the FID evaluators' shard_map, vma carry mismatch
-    "test_scale_rehearsal.py::test_rehearsal_",
+    # stop 14: 9 of its 12 cases passed (3-28 min each on one core); these had not finished by the stop's end
+    "test_paper_configs.py*gen_afhq_cat-replicated",
+    "test_paper_configs.py*gen_celebahq-fsdp",
+    "test_paper_configs.py*gen_lsun_bedroom-replicated",
 )
 
 
 # Slow tests seen green but left out of CI (LZN_SKIP_UNVERIFIED=1) only to keep it well inside its 90 minutes until
 # the suite is faster (issue 14); `pytest tests` runs them. test_claims: 1127 s on one shared core (stop 12).
-TOO_SLOW_FOR_CI = ("test_claims.py",)
+# test_paper_configs: 12 runs of `main` on 8 simulated devices, 187-1000 s each on one core (stop 14).
+TOO_SLOW_FOR_CI = ("test_claims.py", "test_paper_configs.py")
 
 
 def is_unverified(nodeid: str) -> bool:
