@@ -69,8 +69,8 @@ def pytest_ignore_collect(collection_path, config):
 
 
 # Slow tests that have not yet run to completion on the 2-core development machine. CI sets LZN_SKIP_UNVERIFIED=1
-# and leaves them out until a quiet run shows them green; `pytest tests` runs them. Entries are node-id fragments ('*' joins fragments that must all appear).
-# Remove an entry once it has passed. tests/test_multidevice.py passes its entries on to the 8-device run.
+# and leaves them out until a quiet run shows them green; `pytest tests` runs them. Entries are node-id fragments
+# ('*' joins fragments that must all appear). Remove an entry once it has passed. tests/test_multidevice.py passes its entries on to the 8-device run.
 UNVERIFIED = (
     # stop 14: 11 of its 12 cases passed (3-28 min each on one core); this one had not finished by the stop's end
     "test_paper_configs.py*gen_lsun_bedroom-replicated",
