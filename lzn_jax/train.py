@@ -89,9 +89,10 @@ def _init_compiler_options(shardings) -> dict:
     """XLA options of the one-off init program: on CPU, no LLVM optimisation (CPU_INIT_COMPILER_OPTIONS).
 
     Init is some thousands of random fills that run once. XLA's CPU backend spends about a minute optimising them
-    for a tiny digits model and a quarter of that without (experiments/bench_compile.py,
-    docs/results/compile_cpu.json); the fills take milliseconds either way. The values may differ from an optimised build in the last float bit (the
-    normal draws' inverse error function), as they do between backends. Other backends compile as usual.
+    for a tiny digits model and a quarter of that without; the unoptimised fills run slower, which only shows at
+    paper size (seconds for gen_cifar10): experiments/bench_compile.py, docs/results/compile_cpu.json. The values
+    may differ from an optimised build in the last float bit (the normal draws' inverse error function), as they
+    do between backends. Other backends compile as usual.
     """
     platforms = {device.platform for device in jax.tree.leaves(shardings)[0].device_set}
     return CPU_INIT_COMPILER_OPTIONS if platforms == {"cpu"} else {}
