@@ -99,6 +99,15 @@ def test_imports_follow_the_room_rules(path):
     assert not bad, f"{module} (room {room!r}, may import {sorted(ALLOWED[room])}) imports {bad}"
 
 
+def test_only_the_prediction_functions_see_a_task():
+    """Evaluators are built from the functions they need (big_vision's predict_fn): `evaluators/predict.py` makes
+    them from a task, and no evaluator imports a task module. Bug this catches: an evaluator taking the task
+    again and asking it what it can do, so that a test can no longer hand it a stand-in function."""
+    seeing = sorted(str(p.relative_to(ROOT)) for p in (PACKAGE / "evaluators").glob("*.py")
+                    if any(imported.startswith("lzn_jax.tasks") for _, imported in _imports(p)))  # fmt: skip
+    assert seeing == ["lzn_jax/evaluators/predict.py"]
+
+
 def test_the_rules_catch_a_forbidden_import():
     assert not _allowed("models", "lzn_jax.zoning")
     assert not _allowed("api", "lzn_jax.train")
@@ -141,7 +150,7 @@ def test_building_every_paper_train_step_imports_no_tensorflow():
         "import sys; sys.modules['tensorflow'] = None\n"
         "import importlib.util, glob, os\n"
         "from lzn_jax import configlib, data, parallel, train, train_state\n"
-        "import lzn_jax.evaluators.fid, lzn_jax.evaluators.representation, lzn_jax.evaluators.export\n"
+        "import lzn_jax.evaluators.fid, lzn_jax.evaluators.linear_probe, lzn_jax.evaluators.export\n"
         "mesh = parallel.make_mesh(1, 1)\n"
         "for path in sorted(glob.glob('configs/*.py')):\n"
         "    name = os.path.basename(path)[:-3]\n"

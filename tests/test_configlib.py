@@ -106,8 +106,8 @@ def test_evaluator_keys_come_from_the_class_signatures(monkeypatch):
     from lzn_jax.evaluators import generation
 
     class Samples(generation.Samples):
-        def __init__(self, *, task, config, mesh, workdir, writer=None, new_setting=3, **kwargs):
-            super().__init__(task=task, config=config, mesh=mesh, workdir=workdir, writer=writer, **kwargs)
+        def __init__(self, *, sample_fn, data_cfg, workdir, writer=None, new_setting=3, **kwargs):
+            super().__init__(sample_fn=sample_fn, data_cfg=data_cfg, workdir=workdir, writer=writer, **kwargs)
 
     monkeypatch.setattr(generation, "Samples", Samples)
     configlib.check(with_evals(samples={"new_setting": 4, "anything": "goes to **kwargs"}))

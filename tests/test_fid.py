@@ -1,10 +1,13 @@
 """FID math against scipy, the two resizing pipelines, features and the cached evaluator."""
 
+import os
+
 import numpy as np
 import pytest
 import scipy.linalg
 from PIL import Image
 
+from lzn_jax import data
 from lzn_jax.evaluators import common, fid, inception
 
 
@@ -148,68 +151,96 @@ def test_features_replicate_grey_and_do_not_depend_on_batch_padding(extractor):
         extractor(grey, "legacy")
 
 
-def _batches(images, batch_size):
-    """Eval-iterator style batches: the last one zero-padded with a mask."""
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        mask = np.zeros(batch_size, bool)
-        mask[: len(chunk)] = True
-        padded = np.zeros((batch_size, *images.shape[1:]), images.dtype)
-        padded[: len(chunk)] = chunk
-        yield {"image": padded, "label": np.zeros(batch_size, np.int32), "mask": mask}
-
-
-@pytest.mark.slow  # 69 s cold on 2 cores (fast-tier budget)
-def test_fid_evaluator_caches_reference_stats_and_scores_identical_samples_near_zero(weights_file, tmp_path):
+def _image_folder(root, count=5, size=8):
+    """`count` random RGB PNGs of size x size in root/train, and the data config that reads them (the
+    image_folder source, as the 256 px paper configs read theirs)."""
     rng = np.random.default_rng(5)
-    reference = rng.uniform(-1, 1, (5, 8, 8, 3)).astype(np.float32)
-    calls = []
+    os.makedirs(root / "train")
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / "train" / f"img_{i}.png")
+    cfg = data.default_config()
+    cfg.update(source="image_folder", name="toy/set", data_dir=str(root), train_split="train", test_split="train",
+               image_size=size, num_channels=3, num_classes=1)  # fmt: skip
+    return cfg
 
-    def replay_reference(params, key, num):  # "samples" = the reference images, in order
-        start = num * len(calls)
-        calls.append(key)
-        out = np.zeros((num, 8, 8, 3), np.float32)
-        chunk = reference[start : start + num]
+
+class ReplaySamples:
+    """A `sample_fn` (predict.SampleFn's signature) whose "samples" are given images, in order, batch after batch."""
+
+    num_classes = 1
+
+    def __init__(self, images):
+        self.images, self.keys = images, []
+
+    def __call__(self, params, key, labels, sampler):
+        start = len(labels) * len(self.keys)
+        self.keys.append(key)
+        out = np.zeros((len(labels), *self.images.shape[1:]), np.float32)
+        chunk = self.images[start : start + len(labels)]
         out[: len(chunk)] = chunk
         return out
 
-    kwargs = dict(
-        inception_weights=weights_file, cache_dir=str(tmp_path / "work"), dataset="toy/set", split="train",
-        image_size=8, num_samples=5, batch_size=2, pipelines=("clean", "rf"),
-    )
-    evaluator = fid.FIDEvaluator(replay_reference, lambda: _batches(reference, 2), **kwargs)
-    results = dict(evaluator.run(params=None))
-    assert set(results) == {"eval/fid_clean", "eval/fid_rf"}
+
+@pytest.mark.slow  # 69 s cold on 2 cores (fast-tier budget)
+def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weights_file, tmp_path):
+    """The evaluator takes its sampling function (big_vision's predict_fn): here one that replays the reference
+    split itself, read through the real image-folder pipeline."""
+    data_cfg = _image_folder(tmp_path / "images")
+    reference, _ = data.load_arrays(data_cfg, "train")
+    replay = ReplaySamples(reference)
+    kwargs = dict(data_cfg=data_cfg, workdir=str(tmp_path / "work"), eval_batch_size=2, inception_weights=weights_file,
+                  samplers=("euler",), num_samples=5, pipelines=("clean", "rf"))  # fmt: skip
+    evaluator = fid.FID(sample_fn=replay, **kwargs)
+    results = dict(evaluator.run(params=None, step=0))
+    assert set(results) == {"eval/fid_clean_euler", "eval/fid_rf_euler"}
     for name, value in results.items():
         assert abs(value) < 1e-3, name  # features of identical images: FID(x, x) = 0 up to float32 noise
-    assert len(calls) == 3  # ceil(5 / 2) sampling calls
+    assert len(replay.keys) == 3  # ceil(5 / 2) sampling calls
     for pipeline in fid.PIPELINES:
         path = evaluator.cache_path(pipeline)
         assert path.endswith(f"fid_stats_toy-set_train_{pipeline}_8px_all.npz")
         with np.load(path) as cached:
             assert int(cached["num_samples"]) == 5 and cached["sigma"].shape == (2048, 2048)
 
-    def no_reference_pass():
-        raise AssertionError("the cached reference statistics should have been reused")
+    rng = np.random.default_rng(6)
+    noise = ReplaySamples(rng.uniform(-1, 1, (6, 8, 8, 3)).astype(np.float32))
+    rerun = fid.FID(sample_fn=noise, **{**kwargs, "pipelines": ("rf",)})
+    rerun._reference_batches = lambda: pytest.fail("the cached reference statistics should have been reused")
+    scores = dict(rerun.run(params=None, step=0))
+    assert list(scores) == ["eval/fid_rf_euler"] and scores["eval/fid_rf_euler"] > 1e-2  # a positive distance
 
-    noise = lambda params, key, num: np.asarray(rng.uniform(-1, 1, (num, 8, 8, 3)), np.float32)
-    rerun = fid.FIDEvaluator(noise, no_reference_pass, **{**kwargs, "pipelines": ("rf",)})
-    scores = dict(rerun.run(params=None))
-    assert list(scores) == ["eval/fid_rf"] and scores["eval/fid_rf"] > 1e-2  # other images: a positive distance
 
-
-def test_fid_evaluator_checks_its_arguments(weights_file, tmp_path):
-    kwargs = dict(
-        inception_weights=weights_file, cache_dir=str(tmp_path), dataset="toy", split="train", image_size=8,
-        num_samples=4, batch_size=2,
-    )
+def test_fid_checks_its_arguments(weights_file, tmp_path):
+    data_cfg = _image_folder(tmp_path / "images", count=3)
+    kwargs = dict(sample_fn=None, data_cfg=data_cfg, workdir=str(tmp_path), eval_batch_size=2,
+                  inception_weights=weights_file, num_samples=4)  # fmt: skip
     with pytest.raises(ValueError, match="pipelines"):
-        fid.FIDEvaluator(None, None, pipelines=("legacy_tensorflow",), **kwargs)
-    wrong_size = fid.FIDEvaluator(None, lambda: _batches(np.zeros((4, 6, 6, 3), np.float32), 2), **kwargs)
-    with pytest.raises(ValueError, match="image_size=8"):
-        wrong_size.reference_stats()
-    too_few = fid.FIDEvaluator(
-        None, lambda: _batches(np.zeros((3, 8, 8, 3), np.float32), 2), num_reference_samples=4, **kwargs
-    )
+        fid.FID(pipelines=("legacy_tensorflow",), **kwargs)
+    with pytest.raises(ValueError, match="inception_weights"):
+        fid.FID(**{**kwargs, "inception_weights": ""})
+    too_few = fid.FID(num_reference_samples=4, reference_shuffle_seed=None, **kwargs)
     with pytest.raises(ValueError, match="fewer than num_reference_samples=4"):
         too_few.reference_stats()
+
+
+def test_fid_compile_targets_are_its_samplers_and_the_inception_network_at_its_batch(weights_file, tmp_path):
+    """The scale rehearsal compiles what an FID evaluation runs: each sampler at the evaluator's batch, and the
+    Inception network on `batch_size` images per pipeline (clean: resized to 299 on the host; rf: at the data's
+    size). Bug this catches: a rehearsal that leaves out FID's Inception pass, the largest single-device program
+    of a generation run's evaluation."""
+
+    class Sampler(ReplaySamples):
+        def compile_target(self, num, sampler):
+            return f"{sampler}-fn", num
+
+    data_cfg = _image_folder(tmp_path / "images", count=3)
+    evaluator = fid.FID(sample_fn=Sampler(None), data_cfg=data_cfg, workdir=str(tmp_path), eval_batch_size=2,
+                        inception_weights=weights_file, samplers=("rk45", "euler"), pipelines=("clean", "rf"))  # fmt: skip
+    targets = evaluator.compile_targets()
+    assert set(targets) == {"rk45", "euler", "inception_clean", "inception_rf"}
+    assert targets["rk45"] == ("rk45-fn", 2)
+    for pipeline, size in (("clean", 299), ("rf", 8)):
+        network, (variables, pixels) = targets[f"inception_{pipeline}"]
+        assert pixels.shape == (2, size, size, 3)
+        lowered = network.trace(None, variables, pixels).lower()  # the abstract inputs fit the network
+        assert "2048" in str(lowered.out_info)  # pool_3 features [2, 2048]

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+from support import load_config
 
+from lzn_jax import parallel
 from lzn_jax.evaluators import linear_probe
 
 
@@ -69,34 +71,33 @@ def test_probe_rejects_bad_shapes():
         linear_probe.fit_linear_probe(x, y, np.zeros((4, 5)), y, num_classes=2)
 
 
-def _batches(split, batch_size=256):
-    """Eval-iterator style batches with the last one padded and masked."""
-    images, labels = split
-    for start in range(0, len(images), batch_size):
-        n = len(images[start : start + batch_size])
-        pad = batch_size - n
-        yield {
-            "image": np.concatenate([images[start : start + n], np.zeros((pad, *images.shape[1:]), np.float32)]),
-            "label": np.concatenate([labels[start : start + n], np.full(pad, 7, np.int32)]),
-            "mask": np.arange(batch_size) < n,
-        }
+class FakeEmbed:
+    """An `embed_fn` (predict.EmbedFn's signature) that needs no network: "no_head" features are the pixels
+    times params (informative while params != 0), "head" features a constant (uninformative)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, params, images, apply_head):
+        self.calls.append(apply_head)
+        flat = np.asarray(images).reshape(len(images), -1)
+        return params * flat if not apply_head else np.ones((len(images), 2), np.float32)
+
+    def feature_width(self, image_shape, num_views, apply_head):
+        return 2 if apply_head else int(np.prod(image_shape))
 
 
 @pytest.mark.slow  # 8 s cold on 2 cores (fast-tier budget)
-def test_evaluator_yields_each_mode_and_probes_pixels_once(digits):
-    calls = []
-
-    def embed_fn(params, images, apply_head):
-        calls.append(apply_head)
-        flat = images.reshape(len(images), -1)
-        # "no_head": the pixels themselves (informative); "head": a constant (uninformative).
-        return params * flat if not apply_head else np.ones((len(images), 2), np.float32)
-
-    evaluator = linear_probe.LinearProbeEvaluator(
-        embed_fn, lambda: _batches(digits[0]), lambda: _batches(digits[1]), num_classes=10, batch_size=64,
-        num_epochs=100,
-    )
-    results = dict(evaluator.run(1.0))
+def test_frozen_probe_yields_each_mode_and_probes_pixels_once():
+    """The evaluator takes its embedding function (big_vision's predict_fn): here one with known features, on the
+    real digits pipeline (1437 train, 360 test images of 16x16)."""
+    embed = FakeEmbed()
+    data_cfg = load_config("digits_joint").data
+    evaluator = linear_probe.LinearProbe(
+        embed_fn=embed, data_cfg=data_cfg, mesh=parallel.make_mesh(-1), eval_batch_size=256, protocol="frozen",
+        modes=("no_head", "head"), include_pixels=True, batch_size=64, num_epochs=100,
+    )  # fmt: skip
+    results = dict(evaluator.run(1.0, 0))
     assert set(results) == {
         f"eval/linear_probe_frozen_{kind}{suffix}"
         for kind in ("accuracy", "train_accuracy")
@@ -105,19 +106,20 @@ def test_evaluator_yields_each_mode_and_probes_pixels_once(digits):
     assert results["eval/linear_probe_frozen_accuracy"] > 0.9
     assert results["eval/linear_probe_frozen_accuracy_head"] < 0.3  # constant features: about the majority class
     assert results["eval/linear_probe_frozen_accuracy_pixels"] > 0.9
-    num_batches = len(list(_batches(digits[0]))) + len(list(_batches(digits[1])))
-    assert len(calls) == 2 * num_batches
+    num_batches = -(-1437 // 256) + -(-360 // 256)
+    assert len(embed.calls) == 2 * num_batches
     # params 0 make the encoder's features all zero: its probe falls to about the majority class, while the
     # pixel baseline probes the images themselves, whatever the params (and is not refitted).
-    again = dict(evaluator.run(0.0))
+    again = dict(evaluator.run(0.0, 1))
     assert again["eval/linear_probe_frozen_accuracy"] < 0.3
     assert again["eval/linear_probe_frozen_accuracy_pixels"] == results["eval/linear_probe_frozen_accuracy_pixels"]
-    assert len(calls) == 4 * num_batches
+    assert len(embed.calls) == 4 * num_batches
+    assert evaluator.host_memory_bytes() == 4 * (1437 + 360) * (256 + 2 + 256)  # no-head, head and pixel features
 
 
 def test_evaluator_rejects_unknown_modes():
     with pytest.raises(ValueError, match="latent"):
-        linear_probe.LinearProbeEvaluator(None, None, None, num_classes=2, modes=("latent",))
+        linear_probe.LinearProbe(embed_fn=None, data_cfg=None, mesh=None, eval_batch_size=8, modes=("latent",))
 
 
 def _epoch_minibatches(x, y, *, seed, num_epochs, batch_size):

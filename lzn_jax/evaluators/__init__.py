@@ -2,10 +2,17 @@
 
 `config.evals` maps a name to a spec: `{"kind": <registry key, default: the name>, "every_steps": N, **kwargs}`;
 every_steps = -1 switches an evaluator off (e.g. FID until its Inception weights are given).
-Every evaluator is built as `cls(task=..., config=..., workdir=..., mesh=..., writer=..., **kwargs)` and has
-`name`, `every_steps` and `run(params, step) -> Iterator[(metric name, float)]`, names prefixed `eval/`.
-The keys a spec may set are read from the class's signature (`spec_keys`), so `configlib.check` validates
-them with no second list to keep in step.
+
+Evaluators are built from the functions they need, as big_vision's `Evaluator(predict_fn, **cfg)`: an
+evaluator's constructor names, among its keyword arguments, the prediction functions it calls (`embed_fn`,
+`sample_fn`, `classify_fn`, `reconstruct_fn`: `predict.NEEDS`) and the run's context it reads (`CONTEXT`:
+`data_cfg`, `mesh`, `workdir`, `writer`, `eval_batch_size`); `build` passes exactly those, the functions made
+by `predict.make` from the run's task and mesh, and the spec's settings as the other keyword arguments. No
+evaluator sees the task or the config. Every evaluator has `name`, `every_steps` and
+`run(params, step) -> Iterator[(metric name, float)]`, names prefixed `eval/`; most also
+`host_memory_bytes()` and `compile_targets()` (the scale rehearsal compiles those). The keys a spec may set
+are read from the class's signature (`spec_keys`), so `configlib.check` validates them with no second list to
+keep in step.
 """
 
 from __future__ import annotations
@@ -19,13 +26,13 @@ _REGISTRY = {
     "samples": ("lzn_jax.evaluators.generation", "Samples"),
     "reconstruction": ("lzn_jax.evaluators.generation", "Reconstruction"),
     "sample_accuracy": ("lzn_jax.evaluators.generation", "SampleClassifierAccuracy"),
-    "fid": ("lzn_jax.evaluators.generation", "FID"),
-    "linear_probe": ("lzn_jax.evaluators.representation", "LinearProbe"),
-    "export": ("lzn_jax.evaluators.representation", "ExportEmbeddings"),
+    "fid": ("lzn_jax.evaluators.fid", "FID"),
+    "linear_probe": ("lzn_jax.evaluators.linear_probe", "LinearProbe"),
+    "export": ("lzn_jax.evaluators.export", "ExportEmbeddings"),
 }
 # Keyword arguments naming a local file the evaluator reads (checked to exist before a run starts).
 FILE_ARGUMENTS = {"fid": ("inception_weights",)}
-BUILD_ARGUMENTS = ("task", "config", "workdir", "mesh", "writer")  # what `build` passes every evaluator itself
+CONTEXT = ("data_cfg", "mesh", "workdir", "writer", "eval_batch_size")  # the run's context an evaluator may name
 SCHEDULE_KEYS = ("kind", "every_steps")  # spec keys `build` reads itself
 
 
@@ -56,20 +63,35 @@ def spec_keys(kind: str) -> dict:
     Read from the evaluator's signature, less the arguments `build` passes; inspect.Parameter.empty marks a
     required one; an evaluator that takes **kwargs accepts any key, marked by the key `"**"`.
     """
+    from lzn_jax.evaluators import predict
+
+    passed_by_build = CONTEXT + tuple(predict.NEEDS)
     keys = {}
     for parameter in inspect.signature(_class(kind)).parameters.values():
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
             keys["**"] = inspect.Parameter.empty
-        elif parameter.name not in BUILD_ARGUMENTS and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+        elif parameter.name not in passed_by_build and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
             keys[parameter.name] = parameter.default
     return keys
 
 
 def build(name: str, spec, *, task, config, workdir, mesh, writer):
+    """The evaluator `config.evals.<name>` (= spec) of a run of `task` on `mesh`: its class (by `kind`) called with
+    the prediction functions and context its signature names, and the spec's settings."""
+    from lzn_jax.evaluators import predict
+
     kwargs = dict(spec)
     kind = kind_of(name, kwargs)
     kwargs.pop("kind", None)
     every_steps = kwargs.pop("every_steps", config.eval_every_steps)
-    evaluator = _class(kind)(task=task, config=config, workdir=workdir, mesh=mesh, writer=writer, **kwargs)
+    cls = _class(kind)
+    context = dict(data_cfg=config.data, mesh=mesh, workdir=workdir, writer=writer,
+                   eval_batch_size=config.eval_batch_size)  # fmt: skip
+    for parameter in inspect.signature(cls).parameters:
+        if parameter in predict.NEEDS:
+            kwargs[parameter] = predict.make(parameter, task, mesh, who=f"config.evals.{name} ({kind!r})")
+        elif parameter in CONTEXT:
+            kwargs[parameter] = context[parameter]
+    evaluator = cls(**kwargs)
     evaluator.name, evaluator.every_steps = name, every_steps
     return evaluator

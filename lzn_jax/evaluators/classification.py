@@ -30,45 +30,39 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lzn_jax import data, losses, parallel
+from lzn_jax import data, parallel
 from lzn_jax.evaluators import common
-from lzn_jax.tasks import protocol
 
 
 class ClassAccuracy:
-    def __init__(self, *, task, config, mesh, workdir=None, writer=None, splits=("test", "train"), stds=(1.0,),
-                 batch_size=None, metric="accuracy", shuffle_seed=0, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None,
-                 seed=0):  # fmt: skip
-        message = "The class_accuracy evaluator needs a conditional generation task (label anchors)."
-        protocol.require(task, protocol.CLASSIFIES, protocol.ZONES, message=message)
-        self.task, self.config, self.mesh = task, config, mesh
+    """Args: `classify_fn` (`predict.ClassifyFn`'s signature), `data_cfg` (config.data), `mesh`,
+    `eval_batch_size` (the default `batch_size`); the rest are `config.evals.<name>` settings."""
+
+    def __init__(self, *, classify_fn, data_cfg, mesh, eval_batch_size, splits=("test", "train"), stds=(1.0,),
+                 batch_size=None, metric="accuracy", shuffle_seed=0, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES,
+                 weights=None, seed=0):  # fmt: skip
+        self.classify_fn, self.data_cfg, self.mesh = classify_fn, data_cfg, mesh
         self.splits, self.stds = tuple(splits), tuple(float(s) for s in stds)
-        self.batch_size = batch_size or config.eval_batch_size
+        self.batch_size = batch_size or eval_batch_size
         self.seed, self.shuffle_seed, self.max_host_bytes, self.metric = seed, shuffle_seed, max_host_bytes, metric
         self.weights = common.check_weights(weights)
         parallel.check_batch_size(self.batch_size, mesh)
-        self._predict = common.sharded_fn(self._local_predict, mesh, num_row_args=4)
-
-    def _local_predict(self, params, images, labels, mask, prior, *, axis_name):
-        latents = self.task.image_latents(params, images, prior, axis_name=axis_name, mask=mask)
-        weights = losses.class_weights(labels, self.task.num_classes, axis_name=axis_name, mask=mask)
-        return self.task.classify_latents(params, latents), self.task.classify_latents(params, latents, weights)
 
     def batches(self, split: str):
         """Global batches of `split` with `mask`, in the evaluation order (see the module docstring)."""
         if self.shuffle_seed is None:
-            yield from common.split_batches(self.config, split, self.batch_size, self.mesh)
+            yield from common.split_batches(self.data_cfg, split, self.batch_size, self.mesh)
             return
-        order = common.torch_randperm(data.num_examples(self.config.data, split), self.shuffle_seed)
-        for batch in common.ordered_split(self.config, split, order, self.batch_size, self.max_host_bytes):
+        order = common.torch_randperm(data.num_examples(self.data_cfg, split), self.shuffle_seed)
+        for batch in common.ordered_split(self.data_cfg, split, order, self.batch_size, self.max_host_bytes):
             yield parallel.global_batch(common.host_share(batch), self.mesh)
 
     def host_memory_bytes(self) -> int:
         """Peak host RAM of one run per process, in bytes (the formula in the module docstring)."""
-        pipeline = common.pipeline_bytes(self.config, self.batch_size)
+        pipeline = common.pipeline_bytes(self.data_cfg, self.batch_size)
         if self.shuffle_seed is None:
             return pipeline
-        return max(self.max_host_bytes, self.batch_size * common.image_bytes(self.config)) + pipeline
+        return max(self.max_host_bytes, self.batch_size * common.image_bytes(self.data_cfg)) + pipeline
 
     def accuracies(self, params, split: str, std: float) -> tuple[float, float]:
         """(accuracy, accuracy with class weights) on `split` with prior × std."""
@@ -76,9 +70,10 @@ class ClassAccuracy:
         total = 0
         key = jax.random.fold_in(jax.random.key(self.seed), self.splits.index(split) if split in self.splits else 99)
         for i, batch in enumerate(self.batches(split)):
-            prior = std * jax.random.normal(jax.random.fold_in(key, i), (batch["image"].shape[0], self.task.latent_dim))
+            shape = (batch["image"].shape[0], self.classify_fn.latent_dim)
+            prior = std * jax.random.normal(jax.random.fold_in(key, i), shape)
             prior = jax.device_put(prior, batch["image"].sharding.update(spec=jax.sharding.PartitionSpec("data")))
-            preds = self._predict(params, batch["image"], batch["label"], batch["mask"], prior)
+            preds = self.classify_fn(params, batch["image"], batch["label"], batch["mask"], prior)
             labels, mask = common.fetch(batch["label"]), common.fetch(batch["mask"])
             for j, pred in enumerate(preds):
                 correct[j] += np.sum((common.fetch(pred) == labels) & mask)
@@ -86,8 +81,7 @@ class ClassAccuracy:
         return tuple(correct / total)
 
     def compile_targets(self) -> dict:
-        rows = common.image_rows(self.config, self.mesh, self.batch_size, self.task.latent_dim)
-        return {"predict": (self._predict, rows)}
+        return {"predict": self.classify_fn.compile_target(self.batch_size, data.image_shape(self.data_cfg))}
 
     def run(self, params, step):
         for split in self.splits:

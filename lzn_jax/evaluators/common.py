@@ -64,18 +64,18 @@ def row_structs(mesh, batch_size: int, *shapes_dtypes) -> tuple:
     return tuple(jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=sharding) for shape, dtype in shapes_dtypes)
 
 
-def image_rows(config, mesh, batch_size: int, latent_dim: int) -> tuple:
+def image_rows(image_shape: tuple[int, int, int], mesh, batch_size: int, latent_dim: int) -> tuple:
     """Abstract (images, labels, mask, prior) rows of a `split_batches` batch with its prior latents."""
-    image = (config.data.image_size, config.data.image_size, config.data.num_channels)
-    specs = ((image, np.float32), ((), np.int32), ((), np.bool_), ((latent_dim,), np.float32))
+    specs = ((image_shape, np.float32), ((), np.int32), ((), np.bool_), ((latent_dim,), np.float32))
     return row_structs(mesh, batch_size, *specs)
 
 
-def split_batches(config, split: str, batch_size: int, mesh) -> Iterator[dict]:
-    """One pass over `split` ("train" or "test") as global batches (padded, with a boolean `mask`), row-sharded."""
+def split_batches(data_cfg, split: str, batch_size: int, mesh) -> Iterator[dict]:
+    """One pass over `split` ("train" or "test") of `data_cfg` (config.data) as global batches (padded, with a
+    boolean `mask`), row-sharded."""
     parallel.check_batch_size(batch_size, mesh)
     local_batches = data.eval_iterator(
-        config.data, split=split, batch_size=batch_size, process_index=jax.process_index(),
+        data_cfg, split=split, batch_size=batch_size, process_index=jax.process_index(),
         process_count=jax.process_count(),
     )  # fmt: skip
     for local in local_batches:
@@ -97,14 +97,14 @@ DEFAULT_MAX_HOST_BYTES = 2 * 1024**3  # rows an ordered pass may buffer on a hos
 WEIGHTS = ("ema", "raw")
 
 
-def image_bytes(config) -> int:
-    """Bytes of one float32 image [H, W, C] of config.data."""
-    return 4 * config.data.image_size**2 * config.data.num_channels
+def image_bytes(data_cfg) -> int:
+    """Bytes of one float32 image [H, W, C] of `data_cfg` (config.data)."""
+    return 4 * int(np.prod(data.image_shape(data_cfg)))
 
 
-def pipeline_bytes(config, batch_size: int) -> int:
+def pipeline_bytes(data_cfg, batch_size: int) -> int:
     """Host bytes of a tf.data pass of global `batch_size` images: PIPELINE_BATCHES host-local batches."""
-    return PIPELINE_BATCHES * (batch_size // jax.process_count()) * image_bytes(config)
+    return PIPELINE_BATCHES * (batch_size // jax.process_count()) * image_bytes(data_cfg)
 
 
 def check_weights(weights) -> tuple[str, ...] | None:
@@ -143,9 +143,10 @@ def torch_randperm(n: int, seed: int, count: int | None = None) -> np.ndarray:
 
 
 def ordered_split(
-    config, split: str, order: np.ndarray, batch_size: int, max_host_bytes: int = DEFAULT_MAX_HOST_BYTES
+    data_cfg, split: str, order: np.ndarray, batch_size: int, max_host_bytes: int = DEFAULT_MAX_HOST_BYTES
 ) -> Iterator[dict]:
-    """The examples `order` [n] (indices into the split's eval order) as full batches of `batch_size`, in order.
+    """The examples `order` [n] (indices into the eval order of `data_cfg`'s split) as full batches of
+    `batch_size`, in order.
 
     Yields host numpy `{"image": [b, H, W, C], "label": [b], "mask": [b]}`, the last batch padded (mask False).
     Every host reads the whole split. A pass buffers as many rows as fit `max_host_bytes` (at least one batch),
@@ -153,18 +154,18 @@ def ordered_split(
     ceil(n · image bytes / max_host_bytes) times.
     """
     order = np.asarray(order, np.int64)
-    total = data.num_examples(config.data, split)
+    total = data.num_examples(data_cfg, split)
     if order.ndim != 1 or (order.size and (order.min() < 0 or order.max() >= total)):
         raise ValueError(f"order must be indices [n] into the {total} examples of split {split!r}.")
-    per_pass = max(1, max_host_bytes // (image_bytes(config) * batch_size)) * batch_size
+    per_pass = max(1, max_host_bytes // (image_bytes(data_cfg) * batch_size)) * batch_size
     for start in range(0, len(order), per_pass):
         wanted = order[start : start + per_pass]
         slot = np.full(total, -1, np.int64)
         slot[wanted] = np.arange(len(wanted))
-        images = np.zeros((len(wanted), *data.image_shape(config.data)), np.float32)
+        images = np.zeros((len(wanted), *data.image_shape(data_cfg)), np.float32)
         labels = np.zeros(len(wanted), np.int32)
         seen = 0
-        for batch in data.eval_iterator(config.data, split=split, batch_size=batch_size):
+        for batch in data.eval_iterator(data_cfg, split=split, batch_size=batch_size):
             rows = np.flatnonzero(batch["mask"])
             where = slot[seen + rows]
             keep = where >= 0

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from lzn_jax import files
+from lzn_jax import data, files
+from lzn_jax.evaluators import common
 
 
 def _first_per_class(features: np.ndarray, labels: np.ndarray, num_per_class: int):
@@ -67,3 +68,38 @@ def export_embeddings(
         with fs.GFile(file_path, "wb") as f:
             np.save(f, array)
     return path
+
+
+class ExportEmbeddings:
+    """Writes the embeddings (and labels) of a split as .npy files under workdir/embeddings (the official
+    `Representation` metric; see `export_embeddings`). Yields `eval/exported_embeddings`, the rows written.
+
+    Host memory per process (`host_memory_bytes`): the split's features, N · F · 4 bytes, plus its tf.data batches.
+
+    Args: `embed_fn` (`predict.EmbedFn`'s), `data_cfg` (config.data), `workdir`, `eval_batch_size`; the rest are
+    `config.evals.<name>` settings.
+    """
+
+    def __init__(self, *, embed_fn, data_cfg, workdir, eval_batch_size, split="test", apply_head=False,
+                 num_per_class=None):  # fmt: skip
+        self.embed_fn, self.data_cfg, self.workdir, self.batch_size = embed_fn, data_cfg, workdir, eval_batch_size
+        self.split, self.apply_head, self.num_per_class = split, apply_head, num_per_class
+
+    def host_memory_bytes(self) -> int:
+        """Peak host RAM of one run per process, in bytes (the formula in the class docstring)."""
+        rows = data.num_examples(self.data_cfg, self.split)
+        width = self.embed_fn.feature_width(data.image_shape(self.data_cfg), self.data_cfg.num_views, self.apply_head)
+        return 4 * rows * width + common.pipeline_bytes(self.data_cfg, self.batch_size)
+
+    def run(self, params, step):
+        batches = lambda: data.eval_iterator(self.data_cfg, split=self.split, batch_size=self.batch_size)  # noqa: E731
+        path = export_embeddings(
+            self.embed_fn, batches, params, os.path.join(self.workdir, "embeddings"), split=self.split,
+            apply_head=self.apply_head, num_per_class=self.num_per_class, step=step,
+        )  # fmt: skip
+        with files.gfile().GFile(path, "rb") as f:
+            yield "eval/exported_embeddings", float(np.load(f).shape[0])
+
+    def compile_targets(self) -> dict:
+        shape = data.image_shape(self.data_cfg)
+        return {"embed": self.embed_fn.compile_target(self.batch_size, shape, self.apply_head)}

@@ -21,16 +21,16 @@ import functools
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from lzn_jax import files
+from lzn_jax import data, files
+from lzn_jax.evaluators import common, inception
 from lzn_jax.evaluators import images as image_utils
-from lzn_jax.evaluators import inception
 
 CLEAN = "clean"
 RF = "rf"
@@ -208,74 +208,91 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(text)).strip("-") or "x"
 
 
-class FIDEvaluator:
-    """FID of model samples against a dataset split, for each requested pipeline.
+class FID:
+    """FID of samples against a split (official `CleanFID` / `RFFID` metrics), for each sampler and pipeline.
 
-    `run(params)` yields `("eval/fid_clean", v)` and/or `("eval/fid_rf", v)`.
+    Yields `eval/{metric}_{pipeline}_{sampler}` (metric "fid" unless named otherwise; pipeline "clean" or "rf").
+    `num_samples` images from each sampler (labels cycle through the classes) against the statistics of the
+    split `split`, cached in the workdir (keyed by dataset, split, pipeline, image size, subset and Inception
+    weights) and reused by later runs. `num_reference_samples=0`: the whole split (official CIFAR-10: 50 000
+    against 50 000); N > 0: the first N examples of `torch.randperm(len(split))` seeded with
+    `reference_shuffle_seed` (official 256 px sets: 1 024 against the first 1 024 of its seed-0 sampler order),
+    or the first N in file order with `reference_shuffle_seed=None`. Every run samples with the same keys
+    (folded from `seed`).
 
-    Args:
-      sample_fn: `(params, key, num) -> images [num,H,W,C]` in [-1, 1] (C in 1, 3; grey is replicated).
-        Called with `num = batch_size` and keys folded from `seed`, so every run sees the same noise.
-      reference_batches_fn: `() -> iterable of {"image": [b,H,W,C] in [-1, 1], optional "mask": [b] bool}`,
-        one pass over the reference split (e.g. `data.eval_iterator(..., split="train")`).
-      inception_weights: local FID Inception weights file (.pth or .npz, see `inception.load_inception_params`).
-      cache_dir: directory for reference statistics (created if absent), e.g. the workdir.
-      dataset, split, image_size: name the reference data in the cache key; `image_size` is checked against it.
-      num_samples: generated samples per evaluation.
-      batch_size: samples per `sample_fn` call and images per Inception call.
-      pipelines: any of `PIPELINES`; all share one set of generated samples.
-      num_reference_samples: reference images to use (None: the whole split, as the official default).
-      reference_tag: names how the reference subset was chosen (e.g. "torchperm0") in the cache key, so that
-        subsets of the same size chosen differently never share cached statistics.
-      seed: PRNG seed of the sampling keys.
+    Differences from the official metric: the official draws the generated labels from the reference images'
+    labels (the same counts for CIFAR-10's balanced 50 000); its order of the files is that of its dataset
+    class: the same sorted file list for image folders, torchvision's order for CIFAR-10, not TFDS's (only a
+    subset's membership depends on it, and CIFAR-10 uses all of it).
+
+    Host memory per process (`host_memory_bytes`): the reference pass (`common.ordered_split` for a subset:
+    min(N · H·W·C · 4, max_host_bytes); tf.data batches for the whole split) or one batch of samples, whichever
+    is larger, plus running feature moments (2048 + 2048² float64 per pipeline and side) and the resized chunk
+    the Inception network takes (batch_size · 299² · 3 · 4 bytes, twice). Nothing grows with the number of
+    reference images or samples.
+
+    Args: `sample_fn` (`predict.SampleFn`'s signature, with `num_classes`), `data_cfg` (config.data), `workdir`
+    (the statistics cache), `eval_batch_size` (the default `batch_size`: samples per call and images per
+    Inception call); the rest are `config.evals.<name>` settings; `inception_weights` is a local FID Inception
+    weights file (.pth or .npz, see `inception.load_inception_params`).
     """
 
-    def __init__(
-        self,
-        sample_fn: Callable,
-        reference_batches_fn: Callable[[], Iterable[dict]],
-        *,
-        inception_weights: str,
-        cache_dir: str,
-        dataset: str,
-        split: str,
-        image_size: int,
-        num_samples: int,
-        batch_size: int,
-        pipelines: Sequence[str] = (CLEAN,),
-        num_reference_samples: int | None = None,
-        reference_tag: str = "",
-        seed: int = 0,
-    ):
-        if isinstance(pipelines, str):
-            pipelines = (pipelines,)
+    def __init__(self, *, sample_fn, data_cfg, workdir, eval_batch_size, inception_weights="",
+                 samplers=("rk45", "euler"), metric="fid", num_samples=50000, split="train", pipelines=(CLEAN,),
+                 num_reference_samples=0, reference_shuffle_seed=0, batch_size=None,
+                 max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None, seed=0):  # fmt: skip
+        if not inception_weights:
+            raise ValueError(
+                "The fid evaluator needs config.evals.<name>.inception_weights: a local copy of the FID Inception "
+                "weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or its .npz conversion)."
+            )
+        pipelines = (pipelines,) if isinstance(pipelines, str) else tuple(pipelines)
         unknown = [p for p in pipelines if p not in PIPELINES]
         if unknown or not pipelines:
-            raise ValueError(f"pipelines must be a non-empty subset of {PIPELINES}, got {tuple(pipelines)}.")
+            raise ValueError(f"pipelines must be a non-empty subset of {PIPELINES}, got {pipelines}.")
+        num_reference_samples = num_reference_samples or None
         if num_samples < 2 or (num_reference_samples is not None and num_reference_samples < 2):
             raise ValueError(
                 f"FID needs >= 2 samples on each side, got num_samples={num_samples}, "
                 f"num_reference_samples={num_reference_samples}."
             )
-        self.sample_fn = sample_fn
-        self.reference_batches_fn = reference_batches_fn
-        self.inception_weights = os.fspath(inception_weights)
-        self.features = InceptionFeatures(inception.load_inception_params(inception_weights), batch_size=batch_size)
-        self.cache_dir = os.fspath(cache_dir)
-        self.dataset, self.split, self.image_size = dataset, split, int(image_size)
-        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
-        self.pipelines = tuple(pipelines)
+        self.sample_fn, self.data_cfg = sample_fn, data_cfg
+        self.samplers = (samplers,) if isinstance(samplers, str) else tuple(samplers)
+        self.metric, self.weights, self.seed = metric, common.check_weights(weights), seed
+        self.batch_size, self.max_host_bytes = int(batch_size or eval_batch_size), max_host_bytes
+        self.num_samples, self.split, self.pipelines = int(num_samples), split, pipelines
         self.num_reference_samples = num_reference_samples
-        self.reference_tag = reference_tag
-        self.seed = seed
+        # The first num_reference_samples of the split's seed-`reference_shuffle_seed` torch.randperm (None: the
+        # split's own order), drawn when the reference split is first read.
+        self.reference_shuffle_seed = None if num_reference_samples is None else reference_shuffle_seed
+        self.image_size = int(data_cfg.image_size)
+        self.inception_weights = os.fspath(inception_weights)
+        self.features = InceptionFeatures(inception.load_inception_params(inception_weights), batch_size=self.batch_size)
+        self.cache_dir = os.fspath(workdir)
         self._reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    # -- the reference split --------------------------------------------------------------------------------
+
+    def reference_order(self) -> np.ndarray | None:
+        """Indices [num_reference_samples] of the reference subset in the split, or None (the split's own order)."""
+        if self.reference_shuffle_seed is None:
+            return None
+        total = data.num_examples(self.data_cfg, self.split)
+        return common.torch_randperm(total, self.reference_shuffle_seed, self.num_reference_samples)
+
+    def _reference_batches(self) -> Iterable[dict]:
+        order = self.reference_order()
+        if order is None:
+            return data.eval_iterator(self.data_cfg, split=self.split, batch_size=self.batch_size)
+        return common.ordered_split(self.data_cfg, self.split, order, self.batch_size, self.max_host_bytes)
 
     def cache_path(self, pipeline: str) -> str:
         """Where the reference statistics of `pipeline` are cached."""
         count = "all" if self.num_reference_samples is None else f"n{self.num_reference_samples}"
-        if self.reference_tag:
-            count += f"-{_slug(self.reference_tag)}"
-        name = f"fid_stats_{_slug(self.dataset)}_{_slug(self.split)}_{pipeline}_{self.image_size}px_{count}.npz"
+        if self.reference_shuffle_seed is not None:
+            count += f"-torchperm{self.reference_shuffle_seed}"
+        dataset = self.data_cfg.name or self.data_cfg.source
+        name = f"fid_stats_{_slug(dataset)}_{_slug(self.split)}_{pipeline}_{self.image_size}px_{count}.npz"
         return os.path.join(self.cache_dir, name)
 
     def _weights_id(self) -> str:
@@ -285,10 +302,10 @@ class FIDEvaluator:
         path, fs = self.cache_path(pipeline), files.gfile()  # the cache sits in the workdir: maybe gs://
         if not fs.exists(path):
             return None
-        with fs.GFile(path, "rb") as f, np.load(f) as data:
-            if str(data["inception_weights"]) != self._weights_id():
+        with fs.GFile(path, "rb") as f, np.load(f) as cached:
+            if str(cached["inception_weights"]) != self._weights_id():
                 return None  # computed with other Inception weights: recompute rather than compare across them
-            return data["mu"], data["sigma"]
+            return cached["mu"], cached["sigma"]
 
     def _save_cached(self, pipeline: str, mu: np.ndarray, sigma: np.ndarray, count: int) -> None:
         if jax.process_index() != 0:
@@ -306,15 +323,10 @@ class FIDEvaluator:
     def _reference_images(self) -> Iterator[np.ndarray]:
         """Reference images [b,H,W,C], masked rows dropped, stopping at `num_reference_samples`."""
         remaining = self.num_reference_samples
-        for batch in self.reference_batches_fn():
+        for batch in self._reference_batches():
             images = np.asarray(batch["image"])
             if "mask" in batch:
                 images = images[np.asarray(batch["mask"], bool)]
-            if images.shape[1:3] != (self.image_size, self.image_size):
-                raise ValueError(
-                    f"Reference images are {images.shape[1:3]}, but the FID cache is keyed by "
-                    f"image_size={self.image_size}: pass the data's image size."
-                )
             if remaining is not None:
                 images = images[:remaining]
                 remaining -= len(images)
@@ -345,39 +357,56 @@ class FIDEvaluator:
                 self._save_cached(p, *self._reference[p], count=moments[p].count)
         return {p: self._reference[p] for p in self.pipelines}
 
-    def sample_stats(self, params, sample_fn: Callable | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """(mean, covariance) of the pool_3 features of `num_samples` images from `sample_fn` (default: the
-        constructor's), per pipeline; accumulated batch by batch."""
-        sample_fn = sample_fn or self.sample_fn
+    # -- samples ---------------------------------------------------------------------------------------------
+
+    def sample_stats(self, params, sampler: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(mean, covariance) of the pool_3 features of `num_samples` images of `sampler`, per pipeline;
+        accumulated batch by batch (labels cycle through the classes)."""
         base = jax.random.key(self.seed)
+        labels = np.arange(self.batch_size) % self.sample_fn.num_classes
         moments = {p: Moments() for p in self.pipelines}
         done = 0
         for i in range(-(-self.num_samples // self.batch_size)):
-            images = np.asarray(jax.device_get(sample_fn(params, jax.random.fold_in(base, i), self.batch_size)))
+            images = np.asarray(self.sample_fn(params, jax.random.fold_in(base, i), labels, sampler))
             if images.shape[0] != self.batch_size:
-                raise ValueError(f"sample_fn(params, key, {self.batch_size}) returned {images.shape[0]} images.")
+                raise ValueError(f"sample_fn returned {images.shape[0]} images for {self.batch_size} labels.")
             images = images[: self.num_samples - done]
             done += len(images)
             for p in self.pipelines:
                 moments[p].add(self.features(images, p))
         return {p: m.stats() for p, m in moments.items()}
 
-    def scores(self, params, sample_fn: Callable | None = None) -> dict[str, float]:
-        """{pipeline: FID} of `sample_fn`'s images (default: the constructor's) against the reference split."""
+    def scores(self, params, sampler: str) -> dict[str, float]:
+        """{pipeline: FID} of `sampler`'s images against the reference split."""
         reference = self.reference_stats()
-        generated = self.sample_stats(params, sample_fn)
+        generated = self.sample_stats(params, sampler)
         return {p: frechet_distance(*generated[p], *reference[p]) for p in self.pipelines}
 
-    def host_memory_bytes(self, reference_pass_bytes: int) -> int:
-        """Peak host RAM per process, in bytes, given what one pass over the reference split buffers.
+    def run(self, params, step) -> Iterator[tuple[str, float]]:
+        del step  # every evaluation samples with the same keys
+        for sampler in self.samplers:
+            for pipeline, value in self.scores(params, sampler).items():
+                yield f"eval/{self.metric}_{pipeline}_{sampler}", value
 
-        The pass's images (or one batch of samples), plus running feature moments (2048 + 2048² float64 per
-        pipeline and side), plus the resized chunk the Inception network takes (batch_size · 299² · 3 · 4 bytes,
-        twice). Nothing grows with the number of reference images or samples.
-        """
+    def host_memory_bytes(self) -> int:
+        """Peak host RAM of one run per process, in bytes (the formula in the class docstring)."""
+        image = common.image_bytes(self.data_cfg)
+        if self.reference_shuffle_seed is None:
+            reference_pass = common.pipeline_bytes(self.data_cfg, self.batch_size)
+        else:
+            reference_pass = min(self.num_reference_samples * image, max(self.max_host_bytes, self.batch_size * image))
         moments = 2 * len(self.pipelines) * 8 * (inception.FEATURE_DIM + inception.FEATURE_DIM**2)
-        return reference_pass_bytes + moments + 2 * self.batch_size * _SIZE * _SIZE * 3 * 4
+        resized = 2 * self.batch_size * _SIZE * _SIZE * 3 * 4
+        return max(reference_pass, self.batch_size * image) + moments + resized
 
-    def run(self, params) -> Iterator[tuple[str, float]]:
-        for p, value in self.scores(params).items():
-            yield f"eval/fid_{p}", value
+    def compile_targets(self) -> dict:
+        """The samplers' functions at the batch the evaluator calls them with, and the Inception network's per
+        pipeline (on one device, `batch_size` images a call), for the scale rehearsal."""
+        targets = {name: self.sample_fn.compile_target(self.batch_size, name) for name in self.samplers}
+        variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.features.variables)
+        for p in self.pipelines:
+            size = _SIZE if p == CLEAN else self.image_size  # clean resizes on the host, rf inside the network
+            pixels = jax.ShapeDtypeStruct((self.batch_size, size, size, 3), jnp.float32)
+            network = common.ShardedFn(jax.jit(lambda params, variables, x, p=p: _pool3(variables, x, p)))
+            targets[f"inception_{p}"] = (network, (variables, pixels))  # params unused: pruned by jit
+        return targets

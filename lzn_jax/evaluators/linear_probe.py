@@ -18,12 +18,15 @@ dropped, raw (unnormalised) features, top-1 accuracy on the test split.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from lzn_jax import data, parallel
+from lzn_jax.evaluators import common
 
 # Metric-name suffix per feature kind; the official metric reports the no-head features.
 _SUFFIX = {"no_head": "", "head": "_head", "pixels": "_pixels"}
@@ -271,71 +274,130 @@ def collect_features(
     return {name: np.concatenate(f) for name, f in feats.items()}, np.concatenate(labels)
 
 
-class LinearProbeEvaluator:
-    """Linear-probe accuracy of frozen encoder features, and of raw pixels as a baseline (the "frozen" protocol).
+class LinearProbe:
+    """Linear-probe accuracy of encoder features (case study 2; the official `LinearProbing` metric).
 
-    Holds in host memory, while it fits: the features of both splits, (N_train + N_test) · F · 4 bytes per
-    mode, and for the pixel baseline (N_train + N_test) · H · W · C · 4 bytes (`host_memory_bytes`).
+    `protocol="augmented"` (the paper's, default): every epoch a fresh shuffle of the train split with the
+    run's training augmentation (`data.augmentation`, one view: the SimCLR crop/flip/jitter/grey/blur view for
+    ImageNet) flows through the encoder one global minibatch of `batch_size` at a time into `fit_streamed_probe`;
+    features stay on the devices. Metrics `eval/linear_probe_accuracy` (no head, the paper's number), `_head`,
+    `_pixels`, and `_train_accuracy...`. `protocol="frozen"` (fast): features of the un-augmented splits are
+    computed once (eval batches of `eval_batch_size`), held on the host and probed with `fit_linear_probe`;
+    metrics `eval/linear_probe_frozen_accuracy...`. The pixel baseline (`include_pixels`, off by default; no
+    official metric) does not depend on the params: it is fitted once, at the first run.
 
-    `run(params)` yields, for each mode, `eval/linear_probe_frozen_accuracy{suffix}` and
-    `eval/linear_probe_frozen_train_accuracy{suffix}` with suffix "" for "no_head" (the paper's feature),
-    "_head" for "head", "_pixels" for the pixel baseline (computed once: it does not depend on params).
+    Differences from the official metric: the official feeds the two-view ImageNet training set
+    (`DoubleImageNet`) to the probe; here each image gives one augmented view per epoch. The official logs the
+    test accuracy after every epoch; here the test split is scored after the last epoch. The official data order
+    is torch's sampler shuffle (seed 100 + epoch); here it is the pipeline's (seed, epoch) shuffle, with the last
+    partial batch dropped as there.
 
-    Args:
-      embed_fn: `(params, images [B,H,W,C], apply_head: bool) -> features [B, F]`.
-      train_batches_fn, test_batches_fn: `() -> iterable of {"image", "label", optional "mask"}` batches, one
-        pass over the (un-augmented) train and test splits.
-      num_classes: K.
-      modes: encoder feature kinds, any of ("no_head", "head").
-      include_pixels: also probe flattened pixels.
-      lr, num_epochs, batch_size, weight_decay, standardize, seed: see `fit_linear_probe`.
+    Host memory per process (`host_memory_bytes`): augmented, the tf.data batches of one pass,
+    PIPELINE_BATCHES · batch_size / processes · H·W·C · 4 bytes; frozen, (N_train + N_test) · 4 bytes times
+    (the sum of the modes' feature widths, plus H·W·C with the pixel baseline). A frozen probe above
+    `max_host_bytes` is refused when it is built.
+
+    Args: `embed_fn` (`predict.EmbedFn`'s: `(params, images, apply_head)` host numpy, `.rows` on global
+    arrays, `.feature_width`), `data_cfg` (config.data), `mesh`, `eval_batch_size`; the rest are
+    `config.evals.<name>` settings (`lr`, `num_epochs`, `batch_size`, `weight_decay`, `standardize`, `seed`: see
+    `fit_linear_probe`; `modes`: any of ("no_head", "head")).
     """
 
-    def __init__(
-        self,
-        embed_fn: Callable,
-        train_batches_fn: Callable[[], Iterable[dict]],
-        test_batches_fn: Callable[[], Iterable[dict]],
-        *,
-        num_classes: int,
-        modes: Sequence[str] = MODES,
-        include_pixels: bool = True,
-        lr: float = 3e-4,
-        num_epochs: int = 300,
-        batch_size: int | None = None,
-        weight_decay: float = 0.0,
-        standardize: bool = False,
-        seed: int = 0,
-    ):
+    def __init__(self, *, embed_fn, data_cfg, mesh, eval_batch_size, protocol=AUGMENTED, modes=("no_head",),
+                 include_pixels=False, lr=3e-4, num_epochs=300, batch_size=8192, weight_decay=0.0, standardize=False,
+                 max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None, seed=0):  # fmt: skip
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"linear_probe protocol={protocol!r}; expected one of {PROTOCOLS}.")
+        if protocol == AUGMENTED and standardize:
+            raise ValueError("standardize needs the train split's feature statistics: use protocol='frozen'.")
         unknown = [m for m in modes if m not in MODES]
         if unknown:
             raise ValueError(f"Unknown linear-probe modes {unknown}; expected a subset of {MODES}.")
-        self.embed_fn = embed_fn
-        self.train_batches_fn, self.test_batches_fn = train_batches_fn, test_batches_fn
-        self.modes = tuple(modes)
-        self.include_pixels = include_pixels
-        self.probe_kwargs = dict(
-            num_classes=num_classes, lr=lr, num_epochs=num_epochs, batch_size=batch_size,
-            weight_decay=weight_decay, standardize=standardize, seed=seed,
-        )
+        self.embed_fn, self.data_cfg, self.mesh, self.protocol = embed_fn, data_cfg, mesh, protocol
+        self.modes, self.include_pixels, self.batch_size = tuple(modes), include_pixels, batch_size
+        self.eval_batch_size, self.num_epochs, self.standardize, self.seed = eval_batch_size, num_epochs, standardize, seed
+        self.weights = common.check_weights(weights)
+        self.fit_kwargs = dict(num_classes=data_cfg.num_classes, lr=lr, weight_decay=weight_decay, seed=seed)
         self._pixel_result: dict[str, float] | None = None
+        if protocol == FROZEN:
+            needed = self.host_memory_bytes()
+            if needed > max_host_bytes:
+                raise ValueError(
+                    f"The frozen linear probe would hold {needed / 2**30:.1f} GiB of features on the host (limit "
+                    f"max_host_bytes={max_host_bytes / 2**30:.1f} GiB): use protocol='augmented' (streamed), drop "
+                    "include_pixels, or raise max_host_bytes."
+                )
+        else:
+            self.view_cfg = data_cfg.copy_and_resolve_references()
+            self.view_cfg.num_views = 1
+            parallel.check_batch_size(batch_size, mesh)
 
-    def _probe(self, feature_fns) -> dict[str, dict[str, float]]:
-        train_feats, train_y = collect_features(self.train_batches_fn(), feature_fns)
-        test_feats, test_y = collect_features(self.test_batches_fn(), feature_fns)
-        return {
-            name: fit_linear_probe(train_feats[name], train_y, test_feats[name], test_y, **self.probe_kwargs)
-            for name in feature_fns
-        }
+    def host_memory_bytes(self) -> int:
+        """Peak host RAM of one run per process, in bytes (the formula in the class docstring)."""
+        if self.protocol == AUGMENTED:
+            return common.pipeline_bytes(self.data_cfg, self.batch_size)
+        rows = data.num_examples(self.data_cfg, "train") + data.num_examples(self.data_cfg, "test")
+        shape, views = data.image_shape(self.data_cfg), self.data_cfg.num_views
+        width = sum(self.embed_fn.feature_width(shape, views, m == "head") for m in self.modes)
+        return 4 * rows * (width + (int(np.prod(shape)) if self.include_pixels else 0))
 
-    def _encoder_fn(self, params, *, apply_head: bool) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda images: self.embed_fn(params, images, apply_head)
-
-    def run(self, params) -> Iterator[tuple[str, float]]:
-        encoder_fns = {mode: self._encoder_fn(params, apply_head=(mode == "head")) for mode in self.modes}
-        results = self._probe(encoder_fns) if encoder_fns else {}
+    def run(self, params, step) -> Iterator[tuple[str, float]]:
+        del step
+        heads = {mode: mode == "head" for mode in self.modes}
+        if self.include_pixels and self._pixel_result is None:
+            heads["pixels"] = None  # params-independent: fitted once, in the first run's pass
+        fit = self._frozen if self.protocol == FROZEN else self._streamed
+        results = fit(params, heads)
         if self.include_pixels:
-            if self._pixel_result is None:
-                self._pixel_result = self._probe({"pixels": lambda images: images})["pixels"]
+            self._pixel_result = results.pop("pixels", self._pixel_result)
             results["pixels"] = self._pixel_result
-        yield from metrics(results, FROZEN)
+        yield from metrics(results, self.protocol)
+
+    def compile_targets(self) -> dict:
+        """{name: (jitted function, abstract row inputs)} of the functions one run compiles (scale rehearsal)."""
+        num = self.eval_batch_size if self.protocol == FROZEN else self.batch_size
+        shape = data.image_shape(self.data_cfg)
+        return {f"embed_{mode}": self.embed_fn.compile_target(num, shape, mode == "head") for mode in self.modes}
+
+    # -- frozen: features of the un-augmented splits, held on the host -----------------------------------------
+
+    def _frozen(self, params, heads: dict) -> dict[str, dict[str, float]]:
+        """heads: {name: apply_head, or None for the pixels}."""
+        if not heads:
+            return {}
+        fns = {name: (lambda x: x) if head is None else functools.partial(self.embed_fn, params, apply_head=head)
+               for name, head in heads.items()}  # fmt: skip
+        split = lambda s: data.eval_iterator(self.data_cfg, split=s, batch_size=self.eval_batch_size)  # noqa: E731
+        train_x, train_y = collect_features(split("train"), fns)
+        test_x, test_y = collect_features(split("test"), fns)
+        return {
+            name: fit_linear_probe(train_x[name], train_y, test_x[name], test_y, num_epochs=self.num_epochs,
+                                   batch_size=self.batch_size, standardize=self.standardize, **self.fit_kwargs)
+            for name in fns
+        }  # fmt: skip
+
+    # -- augmented: fresh views streamed through the encoder, nothing held --------------------------------------
+
+    def _row_fns(self, params, heads: dict) -> dict:
+        flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
+        return {name: flat if head is None else functools.partial(self.embed_fn.rows, params, apply_head=head)
+                for name, head in heads.items()}  # fmt: skip
+
+    def _train_stream(self, fns: dict, steps_per_epoch: int):
+        batches = data.train_iterator(self.view_cfg, batch_size=self.batch_size, seed=self.seed,
+                                      process_index=jax.process_index(), process_count=jax.process_count())  # fmt: skip
+        for _ in range(self.num_epochs * steps_per_epoch):
+            batch = parallel.global_batch(next(batches), self.mesh)
+            yield {name: fn(batch["image"]) for name, fn in fns.items()}, batch["label"]
+
+    def _test_stream(self, fns: dict):
+        for batch in common.split_batches(self.data_cfg, "test", self.eval_batch_size, self.mesh):
+            yield {name: fn(batch["image"]) for name, fn in fns.items()}, batch["label"], batch["mask"]
+
+    def _streamed(self, params, heads: dict) -> dict[str, dict[str, float]]:
+        if not heads:
+            return {}
+        fns = self._row_fns(params, heads)
+        steps = data.steps_per_epoch(self.view_cfg, batch_size=self.batch_size)  # the remainder dropped
+        return fit_streamed_probe(self._train_stream(fns, steps), self._test_stream(fns), steps_per_epoch=steps,
+                                  **self.fit_kwargs)  # fmt: skip
