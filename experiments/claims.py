@@ -351,26 +351,50 @@ def main(argv=None):
     jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax_cache"))  # seeds reuse compiles
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     start, wall = time.process_time(), time.perf_counter()
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *(argv or sys.argv[1:])])
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     claims = {}
     for name in args.only:
         print(f"== {name}", flush=True)
-        claims[name] = CLAIMS[name](budget, root)
+        claims[name] = {**CLAIMS[name](budget, root), "measured": {"commit": results.COMMIT, "date": date,
+                                                                   "command": command}}  # fmt: skip
     record = {
         "commit": results.COMMIT,
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *(argv or sys.argv[1:])]),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command,
+        "date": date,
         "claims": claims,
         "budget": dataclasses.asdict(budget),
         "cpu_seconds": {"this_invocation": time.process_time() - start,
                         "training_and_scoring_all_runs": _run_cpu_seconds(root)},  # fmt: skip
         "wall_seconds_this_invocation": time.perf_counter() - wall,
     }
+    if set(args.only) != set(CLAIMS) and (out / "claims.json").exists():
+        record = _merged_with_earlier(record, json.loads((out / "claims.json").read_text(encoding="utf-8")))
     import claims_report  # noqa: E402  (experiments/claims_report.py: results.md and the figure)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "claims.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     claims_report.write(record, out.parent / "results.md", out.parent / "results_claims.png")
     print(f"wrote {out / 'claims.json'}")
+    return record
+
+
+def _merged_with_earlier(record: dict, earlier: dict) -> dict:
+    """`record` (a run of some claims) completed with the other claims of an earlier claims.json, each keeping its
+    own `measured` (commit, date, command). Refused when the budgets differ in anything but the batch sweep: the
+    arms of one page must share a budget."""
+    budget = {k: v for k, v in record["budget"].items() if k != "batch_sizes"}
+    before = {k: (tuple(v) if isinstance(v, list) else v) for k, v in earlier["budget"].items() if k != "batch_sizes"}
+    now = {k: (tuple(v) if isinstance(v, list) else v) for k, v in budget.items()}
+    if before != now:
+        raise SystemExit(f"The earlier claims.json has another budget ({before} vs {now}): rerun every claim.")
+    for name, claim in earlier["claims"].items():
+        if name not in record["claims"]:
+            measured = claim.get("measured") or {k: earlier[k] for k in ("commit", "date", "command")}
+            record["claims"][name] = {**claim, "measured": measured}
+    record["claims"] = {name: record["claims"][name] for name in CLAIMS if name in record["claims"]}
+    earlier_cpu = earlier["cpu_seconds"]["training_and_scoring_all_runs"]
+    record["cpu_seconds"]["earlier_claims_runs"] = earlier_cpu
     return record
 
 

@@ -58,10 +58,13 @@ def page(record: dict, figure_name: str) -> str:
         "",
         f"- command: `{record['command']}`",
         f"- commit: `{record['commit']}`, date: {record['date']}",
+        *[f"  - {name}: measured at commit `{c['measured']['commit']}`, {c['measured']['date']}, by "
+          f"`{c['measured']['command']}`" for name, c in record["claims"].items() if "measured" in c],
         f"- budget: seeds {budget['seeds']}; training steps per run: generation {budget['gen_steps']}, joint "
         f"{budget['joint_steps']}, representation {budget['repr_steps']} (the configs' own: 1500, 1500, 600); "
         f"representation batch sizes {budget['batch_sizes']}. Every arm of a claim has the same budget.",
-        f"- CPU time: {cpu['training_and_scoring_all_runs'] / 3600:.2f} h of CPU for all runs (training + scoring, "
+        f"- CPU time: {(cpu['training_and_scoring_all_runs'] + cpu.get('earlier_claims_runs', 0)) / 3600:.2f} h of "
+        "CPU for all runs (training + scoring, "
         f"summed over invocations); this invocation {cpu['this_invocation'] / 60:.1f} min CPU, "
         f"{record['wall_seconds_this_invocation'] / 60:.1f} min wall. One CPU core of a shared 2-core machine.",
         "- verdict: Welch t-test on the per-seed values of the first two arms, p < 0.05 → holds / does not hold "
