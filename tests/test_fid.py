@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 from PIL import Image
 
-from lzn_jax import data
+from lzn_jax import data, parallel
 from lzn_jax.evaluators import common, fid, inception
 
 
@@ -188,8 +188,8 @@ def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weigh
     data_cfg = _image_folder(tmp_path / "images")
     reference, _ = data.load_arrays(data_cfg, "train")
     replay = ReplaySamples(reference)
-    kwargs = dict(data_cfg=data_cfg, workdir=str(tmp_path / "work"), eval_batch_size=2, inception_weights=weights_file,
-                  samplers=("euler",), num_samples=5, pipelines=("clean", "rf"))  # fmt: skip
+    kwargs = dict(data_cfg=data_cfg, mesh=parallel.make_mesh(-1), workdir=str(tmp_path / "work"), eval_batch_size=2,
+                  inception_weights=weights_file, samplers=("euler",), num_samples=5, pipelines=("clean", "rf"))  # fmt: skip
     evaluator = fid.FID(sample_fn=replay, **kwargs)
     results = dict(evaluator.run(params=None, step=0))
     assert set(results) == {"eval/fid_clean_euler", "eval/fid_rf_euler"}
@@ -212,8 +212,8 @@ def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weigh
 
 def test_fid_checks_its_arguments(weights_file, tmp_path):
     data_cfg = _image_folder(tmp_path / "images", count=3)
-    kwargs = dict(sample_fn=None, data_cfg=data_cfg, workdir=str(tmp_path), eval_batch_size=2,
-                  inception_weights=weights_file, num_samples=4)  # fmt: skip
+    kwargs = dict(sample_fn=None, data_cfg=data_cfg, mesh=parallel.make_mesh(-1), workdir=str(tmp_path),
+                  eval_batch_size=2, inception_weights=weights_file, num_samples=4)  # fmt: skip
     with pytest.raises(ValueError, match="pipelines"):
         fid.FID(pipelines=("legacy_tensorflow",), **kwargs)
     with pytest.raises(ValueError, match="inception_weights"):
@@ -226,21 +226,22 @@ def test_fid_checks_its_arguments(weights_file, tmp_path):
 def test_fid_compile_targets_are_its_samplers_and_the_inception_network_at_its_batch(weights_file, tmp_path):
     """The scale rehearsal compiles what an FID evaluation runs: each sampler at the evaluator's batch, and the
     Inception network on `batch_size` images per pipeline (clean: resized to 299 on the host; rf: at the data's
-    size). Bug this catches: a rehearsal that leaves out FID's Inception pass, the largest single-device program
-    of a generation run's evaluation."""
+    size). Bug this catches: a rehearsal that leaves out FID's Inception pass (on one device it was the largest
+    program of a generation run's evaluation: 17.6 GiB at CIFAR-10's batch of 2000)."""
 
     class Sampler(ReplaySamples):
         def compile_target(self, num, sampler):
             return f"{sampler}-fn", num
 
     data_cfg = _image_folder(tmp_path / "images", count=3)
-    evaluator = fid.FID(sample_fn=Sampler(None), data_cfg=data_cfg, workdir=str(tmp_path), eval_batch_size=2,
-                        inception_weights=weights_file, samplers=("rk45", "euler"), pipelines=("clean", "rf"))  # fmt: skip
+    evaluator = fid.FID(sample_fn=Sampler(None), data_cfg=data_cfg, mesh=parallel.make_mesh(-1), workdir=str(tmp_path),
+                        eval_batch_size=2, inception_weights=weights_file, samplers=("rk45", "euler"),
+                        pipelines=("clean", "rf"))  # fmt: skip
     targets = evaluator.compile_targets()
     assert set(targets) == {"rk45", "euler", "inception_clean", "inception_rf"}
     assert targets["rk45"] == ("rk45-fn", 2)
     for pipeline, size in (("clean", 299), ("rf", 8)):
-        network, (variables, pixels) = targets[f"inception_{pipeline}"]
+        network, (variables, pixels) = targets[f"inception_{pipeline}"]  # split over the mesh's data axis
         assert pixels.shape == (2, size, size, 3)
         lowered = network.trace(None, variables, pixels).lower()  # the abstract inputs fit the network
         assert "2048" in str(lowered.out_info)  # pool_3 features [2, 2048]

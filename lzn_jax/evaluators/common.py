@@ -55,6 +55,16 @@ class ShardedFn:
             return self._jitted.trace(*args)
 
 
+def rows_of_full_batch(x: np.ndarray, mesh) -> tuple[jax.Array, int]:
+    """A numpy batch [B, ...] that every host holds in full -> (the global array [B', ...] row-sharded over the
+    mesh's data axis, padded with zero rows to B' a multiple of the devices, B). Fetch results with `fetch(y)[:B]`."""
+    x = np.asarray(x)
+    multiple = mesh.shape[parallel.DATA] * jax.process_count()
+    pad = -len(x) % multiple
+    padded = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    return parallel.global_batch(host_share({"x": padded}), mesh)["x"], len(x)
+
+
 def row_structs(mesh, batch_size: int, *shapes_dtypes) -> tuple:
     """Abstract row-sharded inputs [B, ...] of a sharded function, B rounded up to the data axis (as the
     evaluators pad): what `compile_targets()` hands the scale rehearsal. shapes_dtypes: ((per-row shape), dtype)."""

@@ -174,16 +174,33 @@ def _pool3(variables: dict, pixels: jax.Array, pipeline: str) -> jax.Array:
 class InceptionFeatures:
     """pool_3 features of images through an FID pipeline, in fixed-size batches (one compilation per pipeline).
 
+    Without `mesh` one device runs the network on every batch. With `mesh`, each batch is split over the mesh's
+    data axis (the variables replicated): every device runs batch_size / devices images, so the memory of the
+    pass (17.6 GiB on one device for CIFAR-10's 2000-image batches, `docs/scaling.md`) and its time divide by
+    the device count. Features do not depend on the split: the network is per image (batch norm in inference).
+
     Args:
       variables: FID Inception `{"params", "batch_stats"}` (`inception.load_inception_params`).
       batch_size: images per network call; the last chunk is zero-padded to it.
+      mesh: the evaluation mesh, or None.
     """
 
-    def __init__(self, variables: dict, *, batch_size: int):
+    def __init__(self, variables: dict, *, batch_size: int, mesh=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        self.variables = jax.device_put(variables)  # once, not a host-to-device copy per call
-        self.batch_size = batch_size
+        self.batch_size, self.mesh = batch_size, mesh
+        if mesh is None:
+            self.variables = jax.device_put(variables)  # once, not a host-to-device copy per call
+            return
+        self.variables = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        self.networks = {p: common.sharded_fn(lambda v, x, *, axis_name, p=p: _pool3(v, x, p), mesh, num_row_args=1)
+                         for p in PIPELINES}  # fmt: skip
+
+    def _pool3(self, pixels: np.ndarray, pipeline: str) -> np.ndarray:
+        if self.mesh is None:
+            return np.asarray(_pool3(self.variables, pixels, pipeline))
+        rows, count = common.rows_of_full_batch(pixels, self.mesh)
+        return common.fetch(self.networks[pipeline](self.variables, rows))[:count]
 
     def __call__(self, images, pipeline: str) -> np.ndarray:
         """Images [N,H,W,C] in [-1, 1], C in (1, 3) -> float32 features [N, 2048]."""
@@ -196,8 +213,26 @@ class InceptionFeatures:
             chunk = clean_resize(chunk) if pipeline == CLEAN else chunk.astype(np.float32)
             padded = np.zeros((self.batch_size, *chunk.shape[1:]), np.float32)
             padded[: len(chunk)] = chunk
-            out.append(np.asarray(_pool3(self.variables, padded, pipeline))[: len(chunk)])
+            out.append(self._pool3(padded, pipeline)[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, inception.FEATURE_DIM), np.float32)
+
+    def compile_target(self, pipeline: str, image_size: int):
+        """(function of (params, variables, pixels), abstract (variables, pixel rows)) of one sharded call."""
+        size = _SIZE if pipeline == CLEAN else image_size  # clean resizes on the host, rf inside the network
+        variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.variables)
+        pixels = common.row_structs(self.mesh, self.batch_size, ((size, size, 3), np.float32))
+        return _WithoutParams(self.networks[pipeline]), (variables, *pixels)
+
+
+class _WithoutParams:
+    """A compile target for the scale rehearsal, which passes the model params first: a function that takes none."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def trace(self, params, *args):
+        del params
+        return self.fn.trace(*args)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,13 +266,14 @@ class FID:
     the Inception network takes (batch_size · 299² · 3 · 4 bytes, twice). Nothing grows with the number of
     reference images or samples.
 
-    Args: `sample_fn` (`predict.SampleFn`'s signature, with `num_classes`), `data_cfg` (config.data), `workdir`
+    Args: `sample_fn` (`predict.SampleFn`'s signature, with `num_classes`), `data_cfg` (config.data), `mesh` (the
+    Inception pass is split over its data axis), `workdir`
     (the statistics cache), `eval_batch_size` (the default `batch_size`: samples per call and images per
     Inception call); the rest are `config.evals.<name>` settings; `inception_weights` is a local FID Inception
     weights file (.pth or .npz, see `inception.load_inception_params`).
     """
 
-    def __init__(self, *, sample_fn, data_cfg, workdir, eval_batch_size, inception_weights="",
+    def __init__(self, *, sample_fn, data_cfg, mesh, workdir, eval_batch_size, inception_weights="",
                  samplers=("rk45", "euler"), metric="fid", num_samples=50000, split="train", pipelines=(CLEAN,),
                  num_reference_samples=0, reference_shuffle_seed=0, batch_size=None,
                  max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None, seed=0):  # fmt: skip
@@ -267,7 +303,8 @@ class FID:
         self.reference_shuffle_seed = None if num_reference_samples is None else reference_shuffle_seed
         self.image_size = int(data_cfg.image_size)
         self.inception_weights = os.fspath(inception_weights)
-        self.features = InceptionFeatures(inception.load_inception_params(inception_weights), batch_size=self.batch_size)
+        self.features = InceptionFeatures(inception.load_inception_params(inception_weights), batch_size=self.batch_size,
+                                          mesh=mesh)  # fmt: skip
         self.cache_dir = os.fspath(workdir)
         self._reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -403,10 +440,6 @@ class FID:
         """The samplers' functions at the batch the evaluator calls them with, and the Inception network's per
         pipeline (on one device, `batch_size` images a call), for the scale rehearsal."""
         targets = {name: self.sample_fn.compile_target(self.batch_size, name) for name in self.samplers}
-        variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.features.variables)
         for p in self.pipelines:
-            size = _SIZE if p == CLEAN else self.image_size  # clean resizes on the host, rf inside the network
-            pixels = jax.ShapeDtypeStruct((self.batch_size, size, size, 3), jnp.float32)
-            network = common.ShardedFn(jax.jit(lambda params, variables, x, p=p: _pool3(variables, x, p)))
-            targets[f"inception_{p}"] = (network, (variables, pixels))  # params unused: pruned by jit
+            targets[f"inception_{p}"] = self.features.compile_target(p, self.image_size)
         return targets

@@ -39,11 +39,6 @@ def make(fn_name: str, task, mesh, *, who: str):
         fn_name](task, mesh)
 
 
-def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
-    pad = -len(x) % multiple
-    return np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-
-
 class EmbedFn:
     """Encoder features: `(params, images [B,H,W,C], apply_head) -> features [B, F]`.
 
@@ -63,11 +58,8 @@ class EmbedFn:
         return self._fns[bool(apply_head)](params, images)
 
     def __call__(self, params, images, apply_head: bool) -> np.ndarray:
-        images = np.asarray(images)
-        padded = _pad_rows(images, self.mesh.shape[parallel.DATA] * jax.process_count())
-        mine = common.host_share({"x": padded})
-        features = self.rows(params, parallel.global_batch(mine, self.mesh)["x"], apply_head)
-        return common.fetch(features)[: len(images)]
+        rows, count = common.rows_of_full_batch(images, self.mesh)
+        return common.fetch(self.rows(params, rows, apply_head))[:count]
 
     def feature_width(self, image_shape: tuple[int, int, int], num_views: int, apply_head: bool) -> int:
         """Width F of the features, from abstract shapes (nothing is computed)."""

@@ -21,3 +21,23 @@ def test_evaluator_functions_take_fsdp_sharded_params():
     with jax.set_mesh(mesh):
         out = fn(fsdp, rows)
     np.testing.assert_array_equal(np.asarray(out), np.full((8, 3), 120.0))
+
+
+def test_inception_features_split_over_8_devices_equal_one_device():
+    """FID's Inception pass split over the mesh (each device batch_size / 8 images, inside the loop's mesh) gives
+    the features of one device running the whole batch. Bug this catches: rows gathered in another order than
+    they were split, or padding rows (10 images in batches of 4: 3 padded to a multiple of 8) leaking in."""
+    import jax
+    import numpy as np
+
+    from lzn_jax import parallel
+    from lzn_jax.evaluators import fid, inception
+
+    variables = inception.init_inception_variables(0)
+    images = np.random.default_rng(0).uniform(-1, 1, (10, 8, 8, 3)).astype(np.float32)
+    mesh = parallel.make_mesh()
+    with jax.set_mesh(mesh):
+        split = fid.InceptionFeatures(variables, batch_size=4, mesh=mesh)(images, fid.RF)
+    whole = fid.InceptionFeatures(variables, batch_size=4)(images, fid.RF)
+    assert split.shape == (10, inception.FEATURE_DIM)
+    np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-5)
