@@ -182,7 +182,7 @@ class ResnetBlockDDPMpp(nn.Module):
     precision: Precision = layers.HIGHEST
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None, train: bool = False) -> jax.Array:
         act = layers.activation(self.nonlinearity)
         in_ch = x.shape[-1]
         out_ch = self.out_ch or in_ch
@@ -230,7 +230,7 @@ class ResnetBlockBigGANpp(nn.Module):
         return x
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None, train: bool = False) -> jax.Array:
         act = layers.activation(self.nonlinearity)
         in_ch = x.shape[-1]
         out_ch = self.out_ch or in_ch

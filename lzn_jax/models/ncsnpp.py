@@ -78,6 +78,9 @@ class NCSNPPTrunk(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     precision: layers.Precision = layers.HIGHEST
+    # Rematerialise every residual block in the backward pass (jax.checkpoint): its activations are recomputed
+    # instead of stored, for about one more forward pass of compute. Same params and gradients.
+    remat: bool = False
 
     @property
     def _kw(self) -> dict:
@@ -94,8 +97,13 @@ class NCSNPPTrunk(nn.Module):
             **self._kw,
         )
         if self.resblock_type == "ddpm":
-            return layerspp.ResnetBlockDDPMpp(**common)
-        return layerspp.ResnetBlockBigGANpp(up=up, down=down, fir=self.fir, fir_kernel=self.fir_kernel, **common)
+            cls, fields = layerspp.ResnetBlockDDPMpp, common
+        else:
+            cls, fields = layerspp.ResnetBlockBigGANpp, dict(up=up, down=down, fir=self.fir, fir_kernel=self.fir_kernel,
+                                                              **common)  # fmt: skip
+        if self.remat:  # called as block(x, temb, train): `train` (argument 3, self being 0) picks dropout's branch
+            cls = nn.remat(cls, static_argnums=(3,))
+        return cls(**fields)
 
     def _attn(self, name: str) -> nn.Module:
         return layerspp.AttnBlockpp(skip_rescale=self.skip_rescale, init_scale=self.init_scale, name=name, **self._kw)
@@ -137,7 +145,7 @@ class NCSNPPTrunk(nn.Module):
         hs = [layers.conv3x3(self.nf, name="conv_in", **self._kw)(x.astype(self.dtype))]
         for level in range(num_levels):
             for i in range(self.num_res_blocks):
-                h = self._resblock(f"down{level}_res{i}", self.nf * self.ch_mult[level])(hs[-1], temb, train=train)
+                h = self._resblock(f"down{level}_res{i}", self.nf * self.ch_mult[level])(hs[-1], temb, train)
                 if _width(h) in self.attn_resolutions:
                     h = self._attn(f"down{level}_attn{i}")(h)
                 hs.append(h)
@@ -149,7 +157,7 @@ class NCSNPPTrunk(nn.Module):
                     with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel, name=name, **self._kw
                 )(hs[-1])
             else:
-                h = self._resblock(name, down=True)(hs[-1], temb, train=train)
+                h = self._resblock(name, down=True)(hs[-1], temb, train)
             if self.progressive_input == "input_skip":
                 pyramid = layerspp.Downsample(fir=self.fir, fir_kernel=self.fir_kernel, **self._kw)(pyramid)
                 h = layerspp.Combine(method=self.progressive_combine, name=f"down{level}_combine", **self._kw)(
@@ -168,9 +176,9 @@ class NCSNPPTrunk(nn.Module):
                 h = pyramid
             hs.append(h)
 
-        h = self._resblock("mid_res0")(hs[-1], temb, train=train)
+        h = self._resblock("mid_res0")(hs[-1], temb, train)
         h = self._attn("mid_attn")(h)
-        h = self._resblock("mid_res1")(h, temb, train=train)
+        h = self._resblock("mid_res1")(h, temb, train)
         return hs, h
 
 
@@ -365,7 +373,7 @@ class NCSNPPDecoder(NCSNPPTrunk, kw_only=True):
         for level in reversed(range(num_levels)):
             for i in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, hs.pop()], axis=-1)
-                h = self._resblock(f"up{level}_res{i}", self.nf * self.ch_mult[level])(h, temb, train=train)
+                h = self._resblock(f"up{level}_res{i}", self.nf * self.ch_mult[level])(h, temb, train)
             if _width(h) in self.attn_resolutions:
                 h = self._attn(f"up{level}_attn")(h)
             if self.progressive != "none":
@@ -377,7 +385,7 @@ class NCSNPPDecoder(NCSNPPTrunk, kw_only=True):
                         with_conv=self.resamp_with_conv, fir=self.fir, fir_kernel=self.fir_kernel, name=name, **kw
                     )(h)
                 else:
-                    h = self._resblock(name, up=True)(h, temb, train=train)
+                    h = self._resblock(name, up=True)(h, temb, train)
         if self.progressive == "output_skip":
             return pyramid
         h = act(layers.group_norm(h.shape[-1], name="out_norm", **kw)(h))
