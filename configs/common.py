@@ -25,14 +25,15 @@ HQ256_TRUNK = dict(
 
 def ncsnpp_encoder(trunk, **fields):
     """The official NCSN++ image encoder (latent_dim follows config.latent_dim)."""
-    section = dict(name="ncsnpp_encoder", num_base_channels=20, num_base_units=200, num_latent_transformation_layers=2)
+    section = dict(name="ncsnpp_encoder", num_base_channels=20, num_base_units=200, num_latent_transformation_layers=2,
+                   remat=False)  # remat: not official; the memory knob of docs/scaling.md  # fmt: skip
     return ml_collections.ConfigDict({**section, **trunk, **fields})
 
 
 def ncsnpp_decoder(trunk, **fields):
     """The official NCSN++ rectified-flow decoder (latent and label inputs follow the composition)."""
     section = dict(name="ncsnpp_decoder", time_conditional=True, embedding_type="positional", progressive="none",
-                   scale_by_sigma=False)  # fmt: skip
+                   scale_by_sigma=False, remat=False)  # remat: not official; the memory knob of docs/scaling.md  # fmt: skip
     return ml_collections.ConfigDict({**section, **trunk, **fields})
 
 
