@@ -8,7 +8,7 @@
 1. For every `step_*.npz` in the reference folder ($LZN_REFERENCE_DIR, see tests/conftest.py) and for float64
    (jax_enable_x64) and float32: the error of each kind of quantity nearest its tolerance in
    `tests/test_reference_steps.py` (which this reuses, so the numbers are the test's).
-2. For one train step of every task of `tests/test_numerics.py`: the float32 and bfloat16 losses from the same
+2. For one train step of every task of `tests/support.py`'s `step_configs` (tests/test_train.py's bfloat16 test): the float32 and bfloat16 losses from the same
    params and draws, and their relative difference.
 """
 
@@ -24,8 +24,9 @@ import jax
 import numpy as np
 
 import conftest
-import test_numerics
+import support
 import test_reference_steps
+import test_train
 
 
 def _header() -> None:
@@ -49,23 +50,23 @@ def step_parity(dtypes, match) -> None:
 
 
 def bfloat16_steps() -> None:
-    print("\n## The second train step, float32 vs bfloat16 networks (same params and draws; tests/test_numerics.py's "
-          "batch and step_metrics)")
+    print("\n## The second train step, float32 vs bfloat16 networks (same params and draws; tests/test_train.py's "
+          "batch and step_pair)")
     print(f"{'task':<24} {'float32 loss':>14} {'bfloat16 loss':>14} {'absolute':>10} {'relative':>10} {'bound':>10}")
-    for name, config in test_numerics._configs().items():
-        row(name, config, test_numerics._batch(config))
+    for name, config in support.step_configs().items():
+        row(name, config, support.step_batch(config))
     # The representation loss at a second pair of views (noisier view 2: a loss near 1 instead of near 0): its
     # bf16 error stays an absolute ~5e-3, which is why the test's bound has an absolute term.
-    config = test_numerics._configs()["representation"]
-    batch = test_numerics._batch(config)
+    config = support.step_configs()["representation"]
+    batch = support.step_batch(config)
     noise = np.random.default_rng(1).standard_normal(batch["image"].shape)
     batch["image2"] = np.clip(batch["image"] + 0.5 * noise, -1, 1).astype(np.float32)
     row("representation, σ 0.5", config, batch)
 
 
 def row(name, config, batch) -> None:
-    high, low = (float(m["loss"]) for m in test_numerics.step_metrics(config, batch))
-    bound = test_numerics.BF16_LOSS_RTOL * abs(high) + test_numerics.BF16_LOSS_ATOL
+    high, low = (float(m["loss"]) for m in test_train.step_metrics(config, batch))
+    bound = test_train.BF16_LOSS_RTOL * abs(high) + test_train.BF16_LOSS_ATOL
     print(f"{name:<24} {high:>14.6f} {low:>14.6f} {abs(low - high):>10.2e} {abs(low - high) / abs(high):>10.2e} "
           f"{bound:>10.2e}", flush=True)  # fmt: skip
 

@@ -98,7 +98,7 @@ def is_unverified(nodeid: str) -> bool:
 # longest files are collected first, longest first (cold single-core times of the slow marks and of whole-file
 # runs in development stops 12 to 15); the others keep their order.
 LONGEST_FILES_FIRST = (
-    "test_fsdp_main.py", "test_numerics.py", "test_train.py", "test_multidevice.py", "test_reference_steps.py",
+    "test_fsdp_main.py", "test_train.py", "test_multidevice.py", "test_reference_steps.py",
     "test_reliability.py", "test_distributed.py", "test_evaluators.py", "test_learning.py", "test_api.py",
 )  # fmt: skip
 

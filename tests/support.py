@@ -61,6 +61,32 @@ def tiny_joint_config():
     return config
 
 
+def step_configs() -> dict:
+    """One small config per task, {name: config}: the train-step tests (tests/test_train.py) and the bfloat16
+    report (experiments/numerics_report.py) share them, so each step is compiled once per suite run (the persistent
+    compilation cache turns a later build of the same program into a load)."""
+    gen = load_config("digits_gen", "runlocal")
+    gen.encoder.update(attn_resolutions=())
+    gen.decoder.update(attn_resolutions=())
+    representation = load_config("digits_repr", "runlocal")
+    simclr = load_config("digits_simclr", "runlocal")
+    for config in (representation, simclr):
+        config.encoder.update(depth=18, base_width=32, small_images=True)
+    return {"generation": gen, "generation_conditional": tiny_joint_config(), "representation": representation,
+            "simclr": simclr}  # fmt: skip
+
+
+def step_batch(config) -> dict:
+    """A random batch of `config`'s train shapes (uniform pixels; a noisy copy as the second view)."""
+    rng = np.random.default_rng(0)
+    shape = (config.batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    batch = {"image": rng.uniform(-1, 1, shape).astype(np.float32),
+             "label": rng.integers(0, config.num_classes, shape[:1]).astype(np.int32)}  # fmt: skip
+    if config.data.num_views == 2:
+        batch["image2"] = np.clip(batch["image"] + 0.1 * rng.standard_normal(shape), -1, 1).astype(np.float32)
+    return batch
+
+
 def tiny_joint_model():
     """(LZN, params) of `tiny_joint_config()`, params freshly initialised."""
     from lzn_jax import api

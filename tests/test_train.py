@@ -1,4 +1,5 @@
-"""The train step of every task on tiny shapes, skipping non-finite steps, freezing, and a short run end to end."""
+"""The train step of every task on tiny shapes (float32 and bfloat16 compute), skipping non-finite steps, freezing,
+and a short run end to end."""
 
 import json
 import os
@@ -7,23 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from support import load_config as load
+from support import step_batch, step_configs
 
 from lzn_jax import configlib, files, parallel, train, train_state
 
-TINY_TRUNK = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.1)
-
-
 def tiny(name, **updates):
-    """A digits config with tiny networks (runlocal) and the given overrides."""
-    config = load(name, "runlocal")
-    if config.encoder.get("name") == "ncsnpp_encoder":
-        config.encoder.update(TINY_TRUNK)
-    if config.decoder.get("name") == "ncsnpp_decoder":
-        config.decoder.update(TINY_TRUNK)
-    config.data.image_size = 8
-    config.latent_dim = 64
-    return configlib.override(config, **updates)
+    """support.step_configs()[name] (one small config per task, shared with the bfloat16 report) with overrides."""
+    return configlib.override(step_configs()[name], **updates)
 
 
 def one_step(config, batch_update=None):
@@ -52,38 +43,105 @@ def changed(a, b):
     return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def assert_every_module_updated(before, after):
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves((after.params, after.ema_params)))
+    for module in before.params:
+        assert changed(before.params[module], after.params[module]), module
+        assert changed(before.ema_params[module], after.ema_params[module]), module
+        assert int(after.ema_counts[module]) == int(before.ema_counts[module]) + 1
+
+
 TASKS = [
-    ("digits_joint", {}),  # case study 3: encoder + decoder + label anchors
-    ("digits_gen", {}),  # case study 1: encoder + decoder
-    ("digits_gen", {"encoder.name": ""}),  # the plain rectified-flow baseline
-    ("digits_repr", {}),  # case study 2
-    ("digits_simclr", {}),
+    ("generation_conditional", {}),  # case study 3: encoder + decoder + label anchors
+    ("generation", {}),  # case study 1: encoder + decoder
+    ("generation", {"encoder.name": ""}),  # the plain rectified-flow baseline
+    ("representation", {}),  # case study 2
+    ("simclr", {}),
 ]
-# The same step with the networks computing in bfloat16 (the TPU setting): params, Adam state and EMA stay float32.
-BFLOAT16 = [pytest.param(name, {**updates, "dtype": "bfloat16"}, marks=pytest.mark.slow) for name, updates in TASKS]
 
 
 def task_id(case):
-    name, updates = case.values if hasattr(case, "values") else case
+    name, updates = case
     return "-".join([name, *(f"{k}={v or 'none'}" for k, v in updates.items())])
 
 
 @pytest.mark.slow  # 488 s cold on 2 cores (fast-tier budget)
-@pytest.mark.parametrize("name, updates", TASKS + BFLOAT16, ids=[task_id(c) for c in TASKS + BFLOAT16])
+@pytest.mark.parametrize("name, updates", TASKS, ids=[task_id(c) for c in TASKS])
 def test_one_step_of_every_task_updates_every_module(name, updates):
     before, after, metrics = one_step(tiny(name, **updates))
     assert np.isfinite(metrics["loss"]) and metrics["skipped"] == 0
-    assert all(x.dtype == np.float32 for x in jax.tree.leaves((after.params, after.ema_params)))
     assert int(after.step) == 1 and int(after.skipped_steps) == 0
-    for module in before.params:
-        assert changed(before.params[module], after.params[module]), module
-        assert changed(before.ema_params[module], after.ema_params[module]), module
-        assert int(after.ema_counts[module]) == 1
+    assert_every_module_updated(before, after)
+
+
+# |loss_bf16 − loss_f32| allowed for one step from the same params and draws (`step_pair`): BF16_LOSS_RTOL ·
+# |loss_f32| + BF16_LOSS_ATOL. bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 2e-3 per operation),
+# so the networks' outputs differ by a fraction of a percent. The representation loss is a difference of near-equal
+# log-probabilities, and its zoning amplifies that: measured (docs/results/numerics_bf16.txt, by
+# `experiments/numerics_report.py --part bf16`) 1.8e-2 absolute on a loss of 0.48 at this batch, 7.4e-3 on a
+# loss of 1.02 with noisier views. It is not relative to the loss: from the initial params, where this batch's loss
+# is 0.009, a relative bound alone failed (0.59). Hence the absolute term. The other tasks move by 4e-6 to 2e-4: the
+# generation losses barely see the decoder's dtype this early (its output convolution starts at zero), so the
+# decoder's bf16 path is held mainly by the parameter updates asserted below and experiments/device_check.sh.
+BF16_LOSS_RTOL = 5e-2
+BF16_LOSS_ATOL = 1e-2
+
+
+def step_pair(config, batch):
+    """One train step with float32 networks and one with bfloat16 networks, from the same state and draws.
+
+    The state is the one after a first float32 step, not the initial one: NCSN++'s output convolution starts at
+    zero (score_sde's init), so at init the decoder predicts 0 in any dtype and the generation loss cannot see the
+    decoder's compute dtype at all (float32 and bfloat16 agreed to 1e-7 there). The float32 step is the program
+    of `test_one_step_of_every_task_updates_every_module` (same config and shapes): a cache hit, not a compile.
+    Returns (float32 metrics, bfloat16 metrics, the state before, the state after the bfloat16 step) on the host.
+    """
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+    high = train.build(config, mesh)
+    low = train.build(configlib.override(config.copy_and_resolve_references(), dtype="bfloat16"), mesh)
+    state = high.fresh_state(jax.random.key(config.seed))
+    step_high = train_state.make_train_step(high.task, high.optimizer, mesh, high.shardings)
+    step_low = train_state.make_train_step(low.task, low.optimizer, mesh, low.shardings)
+    with jax.set_mesh(mesh):
+        batch = parallel.global_batch(batch, mesh)
+        state, _ = step_high(state, batch)
+        before = host_copy(state)
+        copy = jax.device_put(state, high.shardings, may_alias=False)  # each step donates its state
+        _, metrics_high = step_high(state, batch)
+        after, metrics_low = step_low(copy, batch)
+    return jax.device_get(metrics_high), jax.device_get(metrics_low), before, host_copy(after)
+
+
+def step_metrics(config, batch):
+    """(float32 metrics, bfloat16 metrics) of `step_pair` (experiments/numerics_report.py prints them)."""
+    return step_pair(config, batch)[:2]
+
+
+@pytest.mark.slow  # 437 s cold on 2 cores before it shared its float32 steps (fast-tier budget)
+@pytest.mark.parametrize("name", ["generation", "generation_conditional", "representation", "simclr"])
+def test_bfloat16_step_is_finite_near_float32_and_updates_every_module(name):
+    """A bf16 step (params float32, same draws) is finite, within the bound above of the float32 step, and moves
+    every module's params and EMA (kept float32).
+
+    Catches what bfloat16 compute breaks grossly: a network or loss that overflows to inf/NaN (a skipped step), a
+    loss moved by far more than the rounding of the networks' outputs explains, or a module whose gradient is lost
+    in bfloat16 (its params would not move). (The zoning kernel promotes bfloat16 inputs to float32 itself: see
+    lzn_jax/zoning.py.)
+    """
+    config = tiny(name)
+    reference, low, before, after = step_pair(config, step_batch(config))
+    assert low["skipped"] == 0.0 and np.isfinite(low["loss"]) and np.isfinite(low["grad_norm"])
+    assert_every_module_updated(before, after)
+    high = float(reference["loss"])
+    err = abs(float(low["loss"]) - high)
+    print(f"{name}: float32 loss {high:.6f}, bfloat16 {float(low['loss']):.6f}, absolute {err:.2e}")
+    bound = BF16_LOSS_RTOL * abs(high) + BF16_LOSS_ATOL
+    assert err <= bound, f"{name}: bf16 loss {low['loss']} vs float32 {high} (absolute {err:.2e} > {bound:.2e})"
 
 
 @pytest.mark.slow  # 87 s cold on 2 cores (fast-tier budget)
 def test_frozen_modules_do_not_change():
-    config = tiny("digits_joint", **{"module_steps.decoder": 0, "module_steps.label_anchors": 0})
+    config = tiny("generation_conditional", **{"module_steps.decoder": 0, "module_steps.label_anchors": 0})
     before, after, metrics = one_step(config)
     assert metrics["decoder_enabled"] == 0 and metrics["encoder_enabled"] == 1
     assert not changed(before.params["decoder"], after.params["decoder"])
@@ -99,7 +157,7 @@ def test_a_non_finite_step_changes_nothing_but_the_counters():
         image[3, 2, 2, 0] = np.nan
         return dict(batch, image=image)
 
-    before, after, metrics = one_step(tiny("digits_joint"), poison)
+    before, after, metrics = one_step(tiny("generation_conditional"), poison)  # the program of one_step[generation_conditional]
     assert metrics["skipped"] == 1
     assert int(after.step) == 1 and int(after.skipped_steps) == 1 and int(after.consecutive_skips) == 1
     for tree in ("params", "ema_params", "opt_state", "ema_counts"):
@@ -109,7 +167,8 @@ def test_a_non_finite_step_changes_nothing_but_the_counters():
 
 @pytest.mark.slow  # 50 s cold on 2 cores (fast-tier budget)
 def test_short_digits_run_writes_everything_and_resumes(tmp_path):
-    config = tiny("digits_joint", num_train_steps=4, log_every_steps=2, checkpoint_every_steps=2)
+    config = tiny("generation_conditional", num_train_steps=4, log_every_steps=2, checkpoint_every_steps=2,
+                  **{"decoder.dropout": 0.1})  # dropout on: its key is drawn in the step (the CIFAR-10 configs' 0.1)
     config.evals.class_accuracy.update(every_steps=4, splits=("test",))
     config.evals.samples.update(every_steps=4, per_class=1)
     workdir = str(tmp_path / "run")
