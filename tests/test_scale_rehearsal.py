@@ -16,6 +16,10 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "scale_rehearsal.py"
+# digits_joint:runlocal with its NCSN++ trunks cut to one 8-channel level on 8x8 digits: the rehearsal's road
+# (setup, both layouts, the evaluators) is the same, at a fraction of the compile time (240 s -> see test_times).
+TINY = [f"--config.{net}.{key}={value}" for net in ("encoder", "decoder") for key, value in (("nf", 8), ("ch_mult", "(1,)"))]
+TINY += ["--config.data.image_size=8"]
 
 
 def rehearse(*args, devices=8):
@@ -31,7 +35,7 @@ def rehearse(*args, devices=8):
 
 @pytest.mark.slow
 def test_rehearsal_of_a_small_config_on_8_cpu_devices():
-    report = rehearse("--config=configs/digits_joint.py:runlocal", "--config.evals.class_accuracy.every_steps=3")
+    report = rehearse("--config=configs/digits_joint.py:runlocal", "--config.evals.class_accuracy.every_steps=3", *TINY)
     assert report["devices"] == 8 and report["platform"] == "cpu" and report["topology"] is None
     assert report["global_batch"] == 8 and report["hbm_bytes_per_device"] == 40 * 2**30
     assert set(report["layouts"]) == {"replicated", "fsdp"}
@@ -48,7 +52,7 @@ def test_rehearsal_of_a_small_config_on_8_cpu_devices():
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install .[tpu])")
 def test_rehearsal_compiles_for_a_tpu_slice_without_a_tpu():
-    report = rehearse("--config=configs/digits_joint.py:runlocal", "--topology=v5e:2x4", "--layouts=fsdp")
+    report = rehearse("--config=configs/digits_joint.py:runlocal", "--topology=v5e:2x4", "--layouts=fsdp", *TINY)
     assert report["platform"] == "tpu" and report["topology"] == "v5e:2x4" and report["devices"] == 8
     assert report["hbm_bytes_per_device"] == 16 * 2**30
     fsdp = report["layouts"]["fsdp"]
