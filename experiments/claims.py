@@ -88,9 +88,13 @@ QUICK = Budget(seeds=(0, 1), gen_steps=2, joint_steps=2, repr_steps=2, batch_siz
 def load_config(name: str, quick: bool):
     """configs/<name>.py's get_config() (`:runlocal` in quick mode), as `lzn_jax.main --config` loads it."""
     config = results.load_config(name, "runlocal" if quick else None)
-    if quick and config.encoder.get("name") == "resnet":  # runlocal's ResNet-50 compiles slowly: a ResNet-10
-        config.encoder.update(dict(depth=18, stage_blocks=(1, 1, 1, 1)))
-    if quick:
+    if quick:  # smaller still than runlocal: compiling dominates a smoke run on CPU
+        config.data.image_size = 8  # the digits' own resolution
+        for net in ("encoder", "decoder"):
+            if config[net].get("name", "").startswith("ncsnpp"):
+                config[net].update(dict(nf=8, ch_mult=(1,)))
+            elif config[net].get("name") == "resnet":  # runlocal's ResNet-50 compiles slowly: a ResNet-10
+                config[net].update(dict(depth=18, stage_blocks=(1, 1, 1, 1), base_width=32))
         config.eval_batch_size = 64  # runlocal's 8 makes the evaluation passes long
     return config
 
