@@ -12,6 +12,7 @@ from support import step_batch, step_configs
 
 from lzn_jax import configlib, files, parallel, train, train_state
 
+
 def tiny(name, **updates):
     """support.step_configs()[name] (one small config per task, shared with the bfloat16 report) with overrides."""
     return configlib.override(step_configs()[name], **updates)
