@@ -3,9 +3,47 @@
 The NCSN++ presets are the official `config.model` sections: one trunk shared by encoder and decoder.
 """
 
+import dataclasses
+import typing
+
 import ml_collections
+from ml_collections import config_dict
 
 from lzn_jax import models
+
+# Module fields a config section leaves out: the composition fills the latent and label sizes
+# (tasks.common.complete_section), the config's `dtype` and `precision` the numerics (tasks.common.build_module).
+DERIVED_FIELDS = ("latent_dim", "num_classes", "dtype", "param_dtype", "precision")
+
+
+def model_section(name, **fields):
+    """A model section declaring every field of the module named `name`: `fields`, else the module's default.
+
+    Only a declared key can be set from the command line (`--config.encoder.stage_blocks='(1, 1, 1, 1)'`): a
+    section that named just the fields it changed refused the others as "Unknown config key". A field whose
+    default is None becomes a typed placeholder (None until set), so a flag can still give it a value.
+    """
+    cls = models.model_class(name)
+    hints = typing.get_type_hints(cls)
+    section = {"name": name}
+    for field in dataclasses.fields(cls):
+        if not field.init or field.name in ("parent", "name", *DERIVED_FIELDS):
+            continue
+        if field.name in fields:
+            section[field.name] = fields.pop(field.name)
+        elif field.default is None:
+            section[field.name] = config_dict.placeholder(_flag_type(hints[field.name]))
+        elif field.default is not dataclasses.MISSING:
+            section[field.name] = field.default
+    if fields:  # models.build names the nearest valid field
+        models.build({"name": name, **fields})
+    return ml_collections.ConfigDict(section)
+
+
+def _flag_type(hint) -> type:
+    """The type a flag parses for an `X | None` field (tuple for `tuple[int, ...] | None`)."""
+    kinds = [typing.get_origin(arg) or arg for arg in typing.get_args(hint) if arg is not type(None)]
+    return kinds[0] if len(kinds) == 1 and isinstance(kinds[0], type) else object
 
 # ------------------------------------------------------------------ NCSN++ of the official configs
 
@@ -25,16 +63,14 @@ HQ256_TRUNK = dict(
 
 def ncsnpp_encoder(trunk, **fields):
     """The official NCSN++ image encoder (latent_dim follows config.latent_dim)."""
-    section = dict(name="ncsnpp_encoder", num_base_channels=20, num_base_units=200, num_latent_transformation_layers=2,
-                   remat=False)  # remat: not official; the memory knob of docs/scaling.md  # fmt: skip
-    return ml_collections.ConfigDict({**section, **trunk, **fields})
+    official = dict(num_base_channels=20, num_base_units=200, num_latent_transformation_layers=2)
+    return model_section("ncsnpp_encoder", **{**official, **trunk, **fields})
 
 
 def ncsnpp_decoder(trunk, **fields):
     """The official NCSN++ rectified-flow decoder (latent and label inputs follow the composition)."""
-    section = dict(name="ncsnpp_decoder", time_conditional=True, embedding_type="positional", progressive="none",
-                   scale_by_sigma=False, remat=False)  # remat: not official; the memory knob of docs/scaling.md  # fmt: skip
-    return ml_collections.ConfigDict({**section, **trunk, **fields})
+    official = dict(time_conditional=True, embedding_type="positional", progressive="none", scale_by_sigma=False)
+    return model_section("ncsnpp_decoder", **{**official, **trunk, **fields})
 
 
 def hq256_models(config):

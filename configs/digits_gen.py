@@ -17,9 +17,9 @@ def get_config(arg=None):
     config.conditional = False
     config.latent_dim = 32
     common.digits_data(config)
-    config.encoder = ml_collections.ConfigDict(dict(name="ncsnpp_encoder", num_base_channels=4, num_base_units=64,
-                                                    num_latent_transformation_layers=2, **common.DIGITS_TRUNK))  # fmt: skip
-    config.decoder = ml_collections.ConfigDict(dict(name="ncsnpp_decoder", **common.DIGITS_TRUNK))
+    config.encoder = common.model_section("ncsnpp_encoder", num_base_channels=4, num_base_units=64,
+                                          num_latent_transformation_layers=2, **common.DIGITS_TRUNK)  # fmt: skip
+    config.decoder = common.model_section("ncsnpp_decoder", **common.DIGITS_TRUNK)
     config.batch_size = 64
     common.schedule(config, steps=1500, log=50, evals=500, checkpoint=500)
     config.optim.lr.update(encoder=1e-3, decoder=2e-3)

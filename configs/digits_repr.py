@@ -22,7 +22,7 @@ def get_config(arg=None):
     config.task = "representation"
     config.latent_dim = 128  # the head's GroupNorm has 32 groups: 4 features each
     common.digits_data(config, num_views=2, augmentation="affine")
-    config.encoder = ml_collections.ConfigDict(ENCODER)
+    config.encoder = common.model_section(**ENCODER)
     config.zoning.update(dict(solver="euler", num_steps=20, prior_scale=0.45, cutoff=0.2))
     config.loss.update(dict(prob=0.0, cross_entropy=1.0))
     config.batch_size = 128

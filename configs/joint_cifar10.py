@@ -9,7 +9,6 @@ and 10 label anchors whose zones the image latents must reach (Euler, 100 steps,
 Paper: FID 2.59 (rk45) and 94.9 % test accuracy. `:runlocal` runs a tiny version (`configs/common.py`).
 """
 
-import ml_collections
 
 from configs import common
 from lzn_jax import configlib
@@ -24,7 +23,7 @@ def get_config(arg=None):
     config.data.update(dict(source="tfds", name="cifar10", image_size=32, num_channels=3, augmentation="flip"))  # fmt: skip
     config.encoder = common.ncsnpp_encoder(common.CIFAR10_TRUNK)
     config.decoder = common.ncsnpp_decoder(common.CIFAR10_TRUNK)
-    config.label_anchors = ml_collections.ConfigDict(dict(name="label_anchors"))
+    config.label_anchors = common.model_section("label_anchors")
     config.zoning.update(dict(solver="dpm_solver++", num_steps=20, label_solver="euler", label_num_steps=100, cutoff=0.2))
     common.official_training(
         config, batch_size=2000, eval_batch_size=2000, checkpoint_every=1000,

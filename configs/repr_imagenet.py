@@ -23,8 +23,7 @@ def get_config(arg=None):
     config.num_classes = 1000
     config.data.update(dict(source="tfds", name="imagenet2012", test_split="validation", image_size=224, num_channels=3,
                             num_views=2, augmentation="simclr", eval_crop_fraction=0.875))  # fmt: skip
-    config.encoder = ml_collections.ConfigDict(dict(name="resnet", depth=50, width_multiplier=1, sk_ratio=0.0,
-                                                    head_num_layers=2, remat=False))  # fmt: skip
+    config.encoder = common.model_section("resnet", depth=50, width_multiplier=1, sk_ratio=0.0, head_num_layers=2)
     config.zoning.update(dict(solver="euler", num_steps=20, prior_scale=0.45, cutoff=0.2))
     config.loss.update(dict(prob=0.0, cross_entropy=1.0))
     common.official_training(

@@ -1,11 +1,17 @@
 """Every config file loads, passes the checks and builds its whole train state (shapes only: jax.eval_shape)."""
 
+import dataclasses
+import sys
+
 import jax
 import pytest
+from absl import flags
+from ml_collections import config_flags
 from support import CONFIG_DIR
 from support import load_config as load
 
-from lzn_jax import configlib, parallel, tasks, train
+from configs import common
+from lzn_jax import configlib, models, parallel, tasks, train
 
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "common")
 
@@ -55,3 +61,43 @@ def test_the_plain_rectified_flow_baseline_is_one_override_away():
     configlib.check(config)
     task, state = abstract_state(config)
     assert task.modules == ("decoder",) and task.encoder is None and not task.conditional
+
+
+MODEL_SECTIONS = ("encoder", "decoder", "label_anchors")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_model_field_is_in_its_section(name):
+    """Only a declared key can be a `--config.*` flag, and the sections once named only the fields they changed:
+    `--config.encoder.stage_blocks='(1, 1, 1, 1)'` (a ResNet-10) was refused as an unknown key."""
+    config = load(name)
+    for section in MODEL_SECTIONS:
+        if config.get(section) and config[section].get("name"):
+            cls = models.model_class(config[section].name)
+            fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+            assert set(config[section]) == {"name"} | fields - set(common.DERIVED_FIELDS), (name, section)
+
+
+def parse(argv, monkeypatch):
+    """`argv` parsed by the flag `python -m lzn_jax.main` defines (lzn_jax/main.py), into a fresh flag set
+    (ml_collections reads the `--config.*` overrides from sys.argv)."""
+    monkeypatch.setattr(sys, "argv", ["main", *argv])
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    values(sys.argv)
+    return values.config
+
+
+def test_a_field_whose_default_is_none_takes_a_flag(monkeypatch):
+    config = parse([f"--config={CONFIG_DIR}/digits_repr.py", "--config.encoder.stage_blocks=(1, 1, 1, 1)",
+                    "--config.encoder.remat=True"], monkeypatch)  # fmt: skip
+    assert config.encoder.stage_blocks == (1, 1, 1, 1) and config.encoder.remat is True
+    assert tasks.build(config).encoder.stage_blocks == (1, 1, 1, 1)
+    assert parse([f"--config={CONFIG_DIR}/digits_repr.py"], monkeypatch).encoder.stage_blocks is None
+    config = parse([f"--config={CONFIG_DIR}/digits_gen.py", "--config.encoder.latent_transformation_resolutions=(8,)"], monkeypatch)
+    assert tuple(config.encoder.latent_transformation_resolutions) == (8,)
+
+
+def test_a_section_refuses_a_field_its_model_does_not_have():
+    with pytest.raises(ValueError, match="did you mean 'stage_blocks'"):
+        common.model_section("resnet", stage_block=(1, 1, 1, 1))
