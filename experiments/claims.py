@@ -93,7 +93,7 @@ def load_config(name: str, quick: bool):
         for net in ("encoder", "decoder"):
             if config[net].get("name", "").startswith("ncsnpp"):
                 config[net].update(dict(nf=8, ch_mult=(1,)))
-            elif config[net].get("name") == "resnet":  # runlocal's ResNet-50 compiles slowly: a ResNet-10
+            elif config[net].get("name") == "resnet":  # runlocal's ResNet-10, at the digits configs' width
                 config[net].update(dict(depth=18, stage_blocks=(1, 1, 1, 1), base_width=32))
         config.eval_batch_size = 64  # runlocal's 8 makes the evaluation passes long
     return config

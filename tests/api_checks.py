@@ -39,20 +39,25 @@ def _finite_grads(tree, what):
     assert any(np.any(np.asarray(g) != 0) for g in leaves), f"{what}: all-zero gradient"
 
 
-def check_every_method(lzn, params, images):
-    """images [B, H, W, C] in [-1, 1] (possibly sharded): every method x {eager, jit, vmap over keys, grad}."""
-    key = jax.random.key(0)
-    keys = jax.random.split(key, 2)
-    labels = jnp.arange(images.shape[0]) % lzn.task.num_classes
+def check_every_method(lzn, params, images, methods=None):
+    """images [B, H, W, C] in [-1, 1] (possibly sharded): each method in `methods` (default: every one of
+    METHODS) x {eager, jit, vmap over keys, grad}."""
+    for name in methods or METHODS:
+        METHODS[name](lzn, params, images, jax.random.key(0))
 
-    # embed: images -> anchors
+
+def _embed(lzn, params, images, key):
+    """images -> anchors"""
     eager = lzn.embed(params, images)
     _close(jax.jit(lzn.embed)(params, images), eager, "jit(embed)")
     _close(jax.vmap(lzn.embed, in_axes=(None, 0))(params, images[None]), eager[None], "vmap(embed)")
     _finite_grads(jax.grad(lambda p: lzn.embed(p, images).sum())(params), "grad(embed) wrt params")
     _finite_grads(jax.grad(lambda x: lzn.embed(params, x).sum())(images), "grad(embed) wrt images")
 
-    # latents: images -> zones
+
+def _latents(lzn, params, images, key):
+    """images -> zones"""
+    keys = jax.random.split(key, 2)
     eager = lzn.latents(params, images, key=key)
     _close(jax.jit(lambda p, x, k: lzn.latents(p, x, key=k))(params, images, key), eager, "jit(latents)")
     per_key = jax.vmap(lambda k: lzn.latents(params, images, key=k))(keys)
@@ -60,27 +65,40 @@ def check_every_method(lzn, params, images):
     _finite_grads(jax.grad(lambda x: lzn.latents(params, x, key=key).sum())(images), "grad(latents) wrt images")
     _finite_grads(jax.grad(lambda p: lzn.latents(p, images, key=key).sum())(params), "grad(latents) wrt params")
 
-    # classify: images -> labels (integers: no gradient)
+
+def _classify(lzn, params, images, key):
+    """images -> labels (integers: no gradient)"""
+    keys = jax.random.split(key, 2)
     eager = lzn.classify(params, images, key=key)
     np.testing.assert_array_equal(jax.jit(lambda p, x, k: lzn.classify(p, x, key=k))(params, images, key), eager)
     per_key = jax.vmap(lambda k: lzn.classify(params, images, key=k))(keys)
     np.testing.assert_array_equal(per_key[0], lzn.classify(params, images, key=keys[0]))
 
-    # generate: labels -> images
-    eager = lzn.generate(params, key, labels=labels[:2])
-    _close(jax.jit(lambda p, k, y: lzn.generate(p, k, labels=y))(params, key, labels[:2]), eager, "jit(generate)")
-    per_key = jax.vmap(lambda k: lzn.generate(params, k, labels=labels[:2]))(keys)
-    _close(per_key[0], lzn.generate(params, keys[0], labels=labels[:2]), "vmap(generate) over keys")
-    _finite_grads(jax.grad(lambda p: lzn.generate(p, key, labels=labels[:2]).sum())(params), "grad(generate)")
 
-    # reconstruct: images -> latent -> noise -> images
+def _generate(lzn, params, images, key):
+    """labels -> images"""
+    keys = jax.random.split(key, 2)
+    labels = jnp.arange(2) % lzn.task.num_classes
+    eager = lzn.generate(params, key, labels=labels)
+    _close(jax.jit(lambda p, k, y: lzn.generate(p, k, labels=y))(params, key, labels), eager, "jit(generate)")
+    per_key = jax.vmap(lambda k: lzn.generate(params, k, labels=labels))(keys)
+    _close(per_key[0], lzn.generate(params, keys[0], labels=labels), "vmap(generate) over keys")
+    _finite_grads(jax.grad(lambda p: lzn.generate(p, key, labels=labels).sum())(params), "grad(generate)")
+
+
+def _reconstruct(lzn, params, images, key):
+    """images -> latent -> noise -> images"""
+    keys = jax.random.split(key, 2)
     eager = lzn.reconstruct(params, images, key=key)
     _close(jax.jit(lambda p, x, k: lzn.reconstruct(p, x, key=k))(params, images, key), eager, "jit(reconstruct)")
     per_key = jax.vmap(lambda k: lzn.reconstruct(params, images, key=k))(keys)
     _close(per_key[1], lzn.reconstruct(params, images, key=keys[1]), "vmap(reconstruct) over keys")
     _finite_grads(jax.grad(lambda x: lzn.reconstruct(params, x, key=key).sum())(images), "grad(reconstruct)")
 
-    # interpolate: two images -> a path of images; `steps` is static under jit
+
+def _interpolate(lzn, params, images, key):
+    """two images -> a path of images; `steps` is static under jit"""
+    keys = jax.random.split(key, 2)
     eager = lzn.interpolate(params, images[0], images[1], 3, key=key, context=images[2:])
     jitted = jax.jit(lzn.interpolate, static_argnames="steps")
     _close(jitted(params, images[0], images[1], 3, key=key, context=images[2:]), eager, "jit(interpolate)")
@@ -88,3 +106,7 @@ def check_every_method(lzn, params, images):
     _close(per_key[0], lzn.interpolate(params, images[0], images[1], 3, key=keys[0]), "vmap(interpolate)")
     _finite_grads(jax.grad(lambda a: lzn.interpolate(params, a, images[1], 3, key=key).sum())(images[0]),
                   "grad(interpolate) wrt an end")  # fmt: skip
+
+
+METHODS = {"embed": _embed, "latents": _latents, "classify": _classify, "generate": _generate,
+           "reconstruct": _reconstruct, "interpolate": _interpolate}  # fmt: skip

@@ -48,7 +48,7 @@ def saved_items(workdir, step) -> dict:
     return {item: restored[item] for item in checkpoint.ITEMS}
 
 
-TINY_TRUNK = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
+TINY_TRUNK = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
 
 
 def tiny_joint_config():

@@ -199,7 +199,7 @@ def test_frozen_linear_probe_and_export_on_a_representation_model(representation
     assert exported["eval/exported_embeddings"] == 360.0
     files = sorted(os.listdir(tmp_path / "embeddings"))
     features = np.load(tmp_path / "embeddings" / [f for f in files if not f.endswith("_labels.npy")][0])
-    assert features.shape == (360, 256)  # ResNet-18 at base width 32: 8·32 pooled features (no head)
+    assert features.shape == (360, 256)  # ResNet-10 at base width 32: 8·32 pooled features (no head)
     assert export.host_memory_bytes() >= 360 * 256 * 4
 
 

@@ -38,11 +38,13 @@ COMMON = {
     "optim.eps": 0.1,
 }
 TINY_NCSNPP = {"nf": 8, "ch_mult": (1,)}
+# One basic block per stage (a ResNet-10) at base width 32: the layouts and the resume do not depend on depth.
+RESNET_10 = {"encoder.depth": 18, "encoder.stage_blocks": (1, 1, 1, 1), "encoder.base_width": 32, "latent_dim": 64}
 TASKS = {  # task: (config file, its tiny overrides); evaluators are off in the runlocal configs
     "generation": ("digits_joint", {**{f"{s}.{k}": v for s in ("encoder", "decoder") for k, v in TINY_NCSNPP.items()},
                                     "zoning.label_num_steps": 2}),
-    "representation": ("digits_repr", {"encoder.depth": 18, "encoder.base_width": 32, "latent_dim": 64}),
-    "simclr": ("digits_simclr", {"encoder.depth": 18, "encoder.base_width": 32, "latent_dim": 64}),
+    "representation": ("digits_repr", RESNET_10),
+    "simclr": ("digits_simclr", RESNET_10),
 }  # fmt: skip
 
 

@@ -159,8 +159,8 @@ class ResNetEncoder(nn.Module):
     products in float32 as the official run does; "default" lets TPUs use single bfloat16 passes.
     """
 
-    # The `:runlocal` preset (configs/common.runlocal): the paper's ResNet-50 at width 1.
-    TINY: ClassVar[dict] = dict(width_multiplier=1, depth=50)
+    # The `:runlocal` preset (configs/common.runlocal): one basic block per stage (a ResNet-10) at width 1.
+    TINY: ClassVar[dict] = dict(width_multiplier=1, depth=18, stage_blocks=(1, 1, 1, 1))
 
     latent_dim: int = 128
     depth: int = 50
