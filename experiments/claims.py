@@ -1,7 +1,7 @@
 r"""The paper's three claims in miniature on scikit-learn's digits, with seeds, error bars and a verdict each.
 
     python experiments/claims.py                      # the full run (CPU budget: see FULL; resumable)
-    python experiments/claims.py --quick --out=DIR    # a smoke version of every code path (9 min on one core, mostly compiling)
+    python experiments/claims.py --quick --out=DIR    # a smoke version of every code path (4.5 min on one core, mostly compiling)
 
 Every arm is a config of configs/*.py, changed only through config fields (seed, steps, batch size, a module
 switched off, a loss weight), trained by `lzn_jax.train.train_and_evaluate` and scored by the project's

@@ -76,7 +76,8 @@ UNVERIFIED = ()  # stop 16: test_paper_configs.py*gen_lsun_bedroom-replicated pa
 
 # Slow tests seen green but left out of CI (LZN_SKIP_UNVERIFIED=1) only to keep it well inside its 90 minutes until
 # the suite is faster (issue 14); `pytest tests` runs them. test_claims: 1127 s on one shared core (stop 12), its
-# smaller --quick networks 511 s (stop 16, experiments/claims.py --quick on one core beside a busy one).
+# smaller --quick networks 511 s (stop 16, experiments/claims.py --quick on one core beside a busy one), 268 s
+# (stop 17, cold cache, the other core compiling for a TPU; docs/results/test_times.txt).
 # test_paper_configs: 12 runs of `main` on 8 simulated devices, about 3 to 14 minutes each on one core (stop 14).
 TOO_SLOW_FOR_CI = ("test_claims.py", "test_paper_configs.py")
 
