@@ -227,11 +227,10 @@ def run_and_check(path, dtype: str) -> dict:
     built = train.build(config, mesh)
     task = built.task
     modules = task.modules
-    # The official weights, as `train.setup` loads a converted checkpoint (config.checkpoint.path).
+    # The official weights, as `train.setup` loads a converted checkpoint (config.checkpoint.path): into the
+    # fresh state `setup` compiles (an eager init, once used here, spent most of the test compiling each fill).
     params, ema_params = convert.convert_checkpoint(convert.load_checkpoint(str(path)), config)
-    # Eager (the same init without minutes of compiling the initialisers on CPU); copied, because eager init
-    # shares one zero buffer between counters and the step donates them.
-    state = jax.device_put(built.init(jax.random.key(config.seed)), built.shardings, may_alias=False)
+    state = built.fresh_state(jax.random.key(config.seed))
     state = state.replace(
         params=jax.device_put(params, built.shardings.params), ema_params=jax.device_put(ema_params, built.shardings.ema_params)
     )  # fmt: skip
