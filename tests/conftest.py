@@ -94,11 +94,12 @@ def is_unverified(nodeid: str) -> bool:
 # and every worker that gets one builds the fixture again. (`--dist loadgroup` would group only those files, but
 # its groups do not reach the scheduler under pytest 9: xdist 3.8 renames `item._nodeid`, which pytest 9's
 # `nodeid` no longer reads.) So that one long file does not start last and keep one worker busy alone, the
-# longest files are collected first, longest first (cold single-core times of the slow marks and of whole-file
-# runs in development stops 12 to 15); the others keep their order.
+# longest files are collected first, longest first (worker-seconds of each file in the full suite at commit
+# c3966b3, docs/results/test_times.txt); the others keep their order.
 LONGEST_FILES_FIRST = (
-    "test_fsdp_main.py", "test_train.py", "test_multidevice.py", "test_reference_steps.py",
-    "test_reliability.py", "test_distributed.py", "test_evaluators.py", "test_learning.py", "test_api.py",
+    "test_fsdp_main.py", "test_multidevice.py", "test_train.py", "test_reference_steps.py", "test_reliability.py",
+    "test_api_transforms.py", "test_learning.py", "test_notebook.py", "test_own_images.py", "test_distributed.py",
+    "test_evaluators.py", "test_device_check.py",
 )  # fmt: skip
 
 
