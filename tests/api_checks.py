@@ -51,8 +51,9 @@ def _embed(lzn, params, images, key):
     eager = lzn.embed(params, images)
     _close(jax.jit(lzn.embed)(params, images), eager, "jit(embed)")
     _close(jax.vmap(lzn.embed, in_axes=(None, 0))(params, images[None]), eager[None], "vmap(embed)")
-    _finite_grads(jax.grad(lambda p: lzn.embed(p, images).sum())(params), "grad(embed) wrt params")
-    _finite_grads(jax.grad(lambda x: lzn.embed(params, x).sum())(images), "grad(embed) wrt images")
+    grads = jax.grad(lambda p, x: lzn.embed(p, x).sum(), argnums=(0, 1))(params, images)  # one program, both
+    _finite_grads(grads[0], "grad(embed) wrt params")
+    _finite_grads(grads[1], "grad(embed) wrt images")
 
 
 def _latents(lzn, params, images, key):
@@ -62,8 +63,9 @@ def _latents(lzn, params, images, key):
     _close(jax.jit(lambda p, x, k: lzn.latents(p, x, key=k))(params, images, key), eager, "jit(latents)")
     per_key = jax.vmap(lambda k: lzn.latents(params, images, key=k))(keys)
     _close(per_key[0], lzn.latents(params, images, key=keys[0]), "vmap(latents) over keys")
-    _finite_grads(jax.grad(lambda x: lzn.latents(params, x, key=key).sum())(images), "grad(latents) wrt images")
-    _finite_grads(jax.grad(lambda p: lzn.latents(p, images, key=key).sum())(params), "grad(latents) wrt params")
+    grads = jax.grad(lambda p, x: lzn.latents(p, x, key=key).sum(), argnums=(0, 1))(params, images)
+    _finite_grads(grads[0], "grad(latents) wrt params")
+    _finite_grads(grads[1], "grad(latents) wrt images")
 
 
 def _classify(lzn, params, images, key):
