@@ -200,6 +200,7 @@ def test_dropout_only_in_training_and_driven_by_the_dropout_rng():
     assert float(jnp.abs(train[0] - eval_a).max()) > 0
 
 
+@pytest.mark.slow  # 53 s in the full suite at c3966b3, 2 cores (fast-tier budget)
 def test_remat_keeps_params_outputs_and_gradients():
     """`remat=True` (the memory knob of the 256 px configs, docs/scaling.md) only changes what the backward pass
     stores: the same param tree, and, in training mode with dropout, the same output and gradients. Bugs this
