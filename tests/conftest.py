@@ -42,6 +42,7 @@ def pytest_configure(config):
     if "jax" not in sys.modules:  # only before JAX reads its configuration
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"lzn_jax_tests_{os.getuid()}"))
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+    _keep_the_collection_order(config)
     config.addinivalue_line(
         "markers",
         "slow: subprocess training runs, the notebook, multi-process, multi-device and learning runs (> ~15 s); "
@@ -101,6 +102,14 @@ LONGEST_FILES_FIRST = (
     "test_api_transforms.py", "test_learning.py", "test_notebook.py", "test_own_images.py", "test_distributed.py",
     "test_evaluators.py", "test_device_check.py",
 )  # fmt: skip
+
+
+def _keep_the_collection_order(config) -> None:
+    """xdist's `--dist loadfile` hands out files by their number of tests, most first (its `--loadscope-reorder`
+    default), which undid LONGEST_FILES_FIRST: the full suite at 08f4760 ran test_configs first and
+    test_multidevice (one test, 444 s) 32 minutes in, so one worker ran the last 10 minutes alone."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def _file_rank(item) -> int:
