@@ -26,9 +26,10 @@ import results  # noqa: E402
 from lzn_jax import data, parallel, train, train_state  # noqa: E402
 
 # The last two are not used anywhere: they record why the train step keeps XLA's defaults. XLA's older (non-MLIR)
-# CPU fusion emitters compile faster; together with no LLVM optimisation much faster, but a test suite run with
-# both (docs/results/test_times.txt, stop 19) gave NaN in the zoning kernel's float32 flows and the official-step
-# tests, and no LLVM optimisation alone did too (tests/test_zoning.py), so neither is safe for the step.
+# CPU fusion emitters compile the step faster but the init six times slower (docs/results/compile_cpu_emitters.json);
+# with no LLVM optimisation both compile much faster, but a test suite run with both (docs/results/test_times.txt,
+# stop 19) gave NaN in the zoning kernel's float32 flows and the official-step tests, and no LLVM optimisation
+# alone did too (tests/test_zoning.py), so neither is safe for the step.
 OPTIONS = {
     "xla_default": {},
     "no_llvm_optimisation": train.CPU_INIT_COMPILER_OPTIONS,
