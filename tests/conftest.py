@@ -37,11 +37,14 @@ def pytest_configure(config):
     Also a persistent JAX compilation cache shared by the session's processes (xdist workers and the
     `python -m lzn_jax.main` subprocesses inherit it): the suite compiles the same small programs many times over
     (every run of a tiny digits config compiles the same init and train step), and on CPU compiling dominates.
+    Every program is cached, however quick to compile: the thousands of eager op-by-op programs (flax inits, the
+    API's eager calls) are compiled once per suite instead of once per worker; the fast tier on 2 cores went from
+    140 s to 126 s with a cold cache (docs/results/test_times.txt, stop 20).
     Set JAX_COMPILATION_CACHE_DIR yourself to move it, or to an empty string to switch it off.
     """
     if "jax" not in sys.modules:  # only before JAX reads its configuration
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"lzn_jax_tests_{os.getuid()}"))
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     _keep_the_collection_order(config)
     config.addinivalue_line(
         "markers",

@@ -1,6 +1,7 @@
 """The evaluators the training loop runs (config.evals), on tiny models: names, files, and the batch behaviour
 of class accuracy."""
 
+import functools
 import os
 
 import jax
@@ -65,14 +66,16 @@ def test_class_accuracy_names_and_padding_rows_change_no_prediction(joint):
         x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(8, 8, 8, 1)), jnp.float32)
         labels, prior = jnp.arange(8) % 10, jnp.zeros((8, config.latent_dim))
         mask = jnp.arange(8) < 5
-        padded = ev.classify_fn.local(params, x, labels, mask, prior, axis_name=None)
-        alone = ev.classify_fn.local(params, x[:5], labels[:5], mask[:5], prior[:5], axis_name=None)
+        # Jitted (eagerly, each op was a compile of its own: 92 s of them in the full suite).
+        classify = jax.jit(functools.partial(ev.classify_fn.local, axis_name=None))
+        padded = classify(params, x, labels, mask, prior)
+        alone = classify(params, x[:5], labels[:5], mask[:5], prior[:5])
         for p, a in zip(padded, alone):
             np.testing.assert_array_equal(p[:5], a)
         # ... whereas another batch around the same rows gives them other latents (the documented dependence).
-        zeros = jnp.zeros((10, config.latent_dim))
-        other = task.image_latents(params, jnp.concatenate([x[:5], -x[:5]]), zeros)
-        assert not np.allclose(other[:5], task.image_latents(params, x[:5], zeros[:5]))
+        zeros, image_latents = jnp.zeros((10, config.latent_dim)), jax.jit(task.image_latents)
+        other = image_latents(params, jnp.concatenate([x[:5], -x[:5]]), zeros)
+        assert not np.allclose(other[:5], image_latents(params, x[:5], zeros[:5]))
 
 
 @pytest.mark.slow  # needs the module's `joint` model (36 s to build cold): every other user of it is slow (fast-tier budget)

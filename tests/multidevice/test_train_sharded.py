@@ -121,8 +121,12 @@ def test_class_accuracy_is_the_same_on_8_devices():
 @pytest.mark.parametrize("saved_fsdp", [False, True], ids=["replicated-to-fsdp", "fsdp-to-replicated"])
 def test_setup_converts_a_checkpoint_of_the_other_fsdp_layout(tmp_path, saved_fsdp):
     """The Adam state is raveled per module when replicated and kept as trees under FSDP; resuming with the other
-    `mesh.fsdp` converts it (same values, this run's layout and shardings) instead of refusing the checkpoint."""
-    config = configlib.override(tiny_config(8, 1, saved_fsdp), num_train_steps=1)
+    `mesh.fsdp` converts it (same values, this run's layout and shardings) instead of refusing the checkpoint.
+
+    Each layout's run has the mesh of its `test_train_steps_match_one_device` case (8x1 replicated, 4x2 FSDP), so
+    its train step is that test's program, loaded from the compilation cache instead of compiled again."""
+    mesh = (4, 2) if saved_fsdp else (8, 1)
+    config = configlib.override(tiny_config(*mesh, saved_fsdp), num_train_steps=1)
     train.train_and_evaluate(config, str(tmp_path))  # one step: Adam moments that are not zero
     saved = train.setup(config, str(tmp_path))
     resumed = train.setup(configlib.override(config, **{"mesh.fsdp": not saved_fsdp}), str(tmp_path))
