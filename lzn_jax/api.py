@@ -12,6 +12,11 @@ Every method is a pure function of (params, inputs, key): jit it, vmap it, grad 
 depends on the batch it is encoded with (all images of the batch are the anchors of one mixture); the methods
 that compute latents take `context` images that join the mixture, so this dependence is explicit.
 
+An eager call runs each network and flow of the composition as one compiled program (the task's functions,
+jitted once per `LZN` and input shape): op by op, every call retraced the ODE loops (digits_joint:runlocal's
+`reconstruct` of 8 images took 9.6 s per call, 0.21 s jitted: experiments/bench_api_eager.py,
+docs/results/api_eager.json). Under jit, vmap or grad they are inlined into the caller's program.
+
 Input checks: ranks, shapes and dtypes are checked on every call (traced or not) before anything runs, with
 errors that say what was expected. Values are checked when they are concrete (eager calls): images must be
 finite and in [-1, 1] (up to ±IMAGE_LIMIT, for decoder outputs that overshoot a little), labels in
@@ -127,6 +132,14 @@ class LZN:
         tasks.require(self.task, *capabilities, message=f"This model (task={self.config.task!r}, "
                       f"conditional={self.config.conditional}) cannot {what}.")  # fmt: skip
 
+    def _compiled(self, name: str, *static: str):
+        """The task's function `name` jitted (once per LZN; `static`: its keyword arguments that set shapes or
+        choose code: `num`, `sampler`, `apply_head`)."""
+        jitted = self.__dict__.setdefault("_jitted", {})  # a cache beside the fields: the dataclass stays frozen
+        if name not in jitted:
+            jitted[name] = jax.jit(getattr(self.task, name), static_argnames=static)
+        return jitted[name]
+
     # ------------------------------------------------------------------ compositions
 
     def embed(self, params, images, *, apply_head: bool = True) -> jax.Array:
@@ -134,7 +147,7 @@ class LZN:
         images = self._images(images)
         self._need("embed images (it has no image encoder)", tasks.EMBEDS)
         # apply_head=False with an encoder that has no separate head: ValueError from the task, before compute.
-        return self.task.embed(params, images, apply_head=apply_head)
+        return self._compiled("embed", "apply_head")(params, images, apply_head=apply_head)
 
     def latents(self, params, images, *, key, context=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder + forward flow: latents [B, Dz] of `images`, zoned together with `context` images."""
@@ -143,7 +156,7 @@ class LZN:
         prior_std = self._prior_std(prior_std)
         batch = images if context is None else jnp.concatenate([images, self._images(context, "context")])
         prior = prior_std * jax.random.normal(key, (batch.shape[0], self.task.latent_dim))
-        return self.task.image_latents(params, batch, prior)[: images.shape[0]]
+        return self._compiled("image_latents")(params, batch, prior)[: images.shape[0]]
 
     def classify(self, params, images, *, key, context=None, class_weights=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder → reverse flow over label anchors → nearest label anchor: labels [B].
@@ -156,7 +169,7 @@ class LZN:
         self._need("classify (it has no label anchors)", tasks.CLASSIFIES, tasks.ZONES)
         class_weights = self._class_weights(class_weights)
         lat = self.latents(params, images, key=key, context=context, prior_std=prior_std)
-        labels = self.task.classify_latents(params, lat, class_weights)
+        labels = self._compiled("classify_latents")(params, lat, class_weights)
         # A non-finite latent (possible only under jit, from unchecked inputs) has no class: -1, not argmin's 0.
         return jnp.where(jnp.all(jnp.isfinite(lat), axis=-1), labels, -1)
 
@@ -171,7 +184,7 @@ class LZN:
             if labels is None:
                 raise ValueError("This model is label-conditional: pass labels [B] (ints in [0, num_classes)).")
             labels = self._labels(labels)
-            images = self.task.sample(params, key, labels, num=num, sampler=sampler)
+            images = self._compiled("sample", "num", "sampler")(params, key, labels, num=num, sampler=sampler)
             # Traced labels are not range-checked: one outside [0, num_classes) gives a NaN image, not a clamped class.
             valid = (labels >= 0) & (labels < self.task.num_classes)
             return jnp.where(valid[:, None, None, None], images, jnp.nan)
@@ -179,7 +192,7 @@ class LZN:
             raise ValueError("Pass `num` (how many images) for an unconditional model.")
         if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or num < 1:
             raise ValueError(f"`num` must be a positive int (how many images); got {num!r}.")
-        return self.task.sample(params, key, labels, num=num, sampler=sampler)
+        return self._compiled("sample", "num", "sampler")(params, key, labels, num=num, sampler=sampler)
 
     def reconstruct(self, params, images, *, key, labels=None, context=None, sampler: str = "euler") -> jax.Array:
         """Image → latent → initial noise (decoder ODE backwards) → image again: [B, H, W, C]."""
@@ -187,9 +200,9 @@ class LZN:
         images = self._images(images)
         lat = self.latents(params, images, key=key, context=context)
         if tasks.can(self.task, tasks.CLASSIFIES) and labels is None:
-            labels = self.task.classify_latents(params, lat)
-        noise = self.task.invert(params, images, lat, labels, sampler=sampler)
-        return self.task.decode(params, noise, lat, labels, sampler=sampler)
+            labels = self._compiled("classify_latents")(params, lat)
+        noise = self._compiled("invert", "sampler")(params, images, lat, labels, sampler=sampler)
+        return self._compiled("decode", "sampler")(params, noise, lat, labels, sampler=sampler)
 
     def interpolate(self, params, a, b, steps: int, *, key, context=None, sampler: str = "euler") -> jax.Array:
         """Images along the spherical path between the latents of image a and image b: [steps, H, W, C].
@@ -211,9 +224,9 @@ class LZN:
         k_latent, k_noise = jax.random.split(key)
         lat_a, lat_b = self.latents(params, pair, key=k_latent, context=context)
         path = slerp(lat_a, lat_b, jnp.linspace(0.0, 1.0, steps))
-        labels = self.task.classify_latents(params, path) if tasks.can(self.task, tasks.CLASSIFIES) else None
+        labels = self._compiled("classify_latents")(params, path) if tasks.can(self.task, tasks.CLASSIFIES) else None
         noise = jnp.broadcast_to(jax.random.normal(k_noise, self.image_shape), (steps,) + self.image_shape)
-        return self.task.decode(params, noise, path, labels, sampler=sampler)
+        return self._compiled("decode", "sampler")(params, noise, path, labels, sampler=sampler)
 
 
 def slerp(a: jax.Array, b: jax.Array, fractions: jax.Array) -> jax.Array:
