@@ -14,7 +14,7 @@ that compute latents take `context` images that join the mixture, so this depend
 
 An eager call runs each network and flow of the composition as one compiled program (the task's functions,
 jitted once per `LZN` and input shape): op by op, every call retraced the ODE loops (digits_joint:runlocal's
-`reconstruct` of 8 images took 9.6 s per call, 0.21 s jitted: experiments/bench_api_eager.py,
+`reconstruct` of 8 images took 5.2 s per call, 0.29 s jitted: experiments/bench_api_eager.py,
 docs/results/api_eager.json). Under jit, vmap or grad they are inlined into the caller's program.
 
 Input checks: ranks, shapes and dtypes are checked on every call (traced or not) before anything runs, with
