@@ -1,5 +1,6 @@
 """The public inference API: compositions of the encoders and decoders, their input checks, and loading."""
 
+import collections
 import subprocess
 import sys
 
@@ -49,6 +50,29 @@ def test_the_methods_are_pure_and_jittable(model, images):
     np.testing.assert_allclose(jax.jit(lambda p, x, k: lzn.latents(p, x, key=k))(params, images, key), latents,
                                rtol=1e-5, atol=1e-6)  # fmt: skip
     assert not np.allclose(lzn.latents(params, images, key=jax.random.key(7)), latents)
+
+
+@pytest.mark.slow  # 13 s cold on 2 cores beside a training run (fast-tier budget)
+def test_eager_calls_trace_each_network_and_flow_once_per_shape(model, images, monkeypatch):
+    """A repeated eager call reuses the compiled programs of its first call. The bug this guards against: the
+    methods ran the task's functions op by op, so every call traced the networks and the ODE loops again
+    (digits_joint:runlocal's `reconstruct`: 5.2 s per call, 0.29 s compiled; docs/results/api_eager.json)."""
+    lzn, params = model
+    fresh = api.LZN(task=lzn.task, config=lzn.config)  # its own, empty, cache of compiled functions
+    task_class, traced = type(lzn.task), collections.Counter()
+    names = ("image_latents", "classify_latents", "invert", "decode")
+    for name in names:  # counts the Python calls of each task function: one per trace when compiled
+
+        def counting(self, *args, _name=name, _original=getattr(task_class, name), **kwargs):
+            traced[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(task_class, name, counting)
+    key = jax.random.key(4)
+    first = fresh.reconstruct(params, images, key=key)
+    after_one_call = dict(traced)
+    np.testing.assert_array_equal(fresh.reconstruct(params, images, key=key), first)
+    assert set(after_one_call) == set(names) and dict(traced) == after_one_call
 
 
 def test_latents_depend_on_the_zoning_batch_and_context_makes_that_explicit(model, images):
