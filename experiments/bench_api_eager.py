@@ -29,7 +29,7 @@ from lzn_jax import api, data  # noqa: E402
 class OpByOp(api.LZN):
     """`api.LZN` with the task's functions called eagerly (the road before they were jitted)."""
 
-    def _compiled(self, name, *static):
+    def _compiled(self, name):
         return getattr(self.task, name)
 
 

@@ -40,6 +40,9 @@ import numpy as np
 
 from lzn_jax import checkpoint, configlib, data, tasks, zoning
 
+# The task functions' keyword arguments that set output shapes or choose code: static when the API jits them.
+STATIC_ARGNAMES = {"embed": ("apply_head",), "sample": ("num", "sampler"), "invert": ("sampler",),
+                   "decode": ("sampler",)}
 IMAGE_LIMIT = 1.5  # eager calls refuse images beyond this: [0, 255] data, or values that are not images
 
 
@@ -132,12 +135,11 @@ class LZN:
         tasks.require(self.task, *capabilities, message=f"This model (task={self.config.task!r}, "
                       f"conditional={self.config.conditional}) cannot {what}.")  # fmt: skip
 
-    def _compiled(self, name: str, *static: str):
-        """The task's function `name` jitted (once per LZN; `static`: its keyword arguments that set shapes or
-        choose code: `num`, `sampler`, `apply_head`)."""
+    def _compiled(self, name: str):
+        """The task's function `name`, jitted once per LZN (its keyword arguments in STATIC_ARGNAMES static)."""
         jitted = self.__dict__.setdefault("_jitted", {})  # a cache beside the fields: the dataclass stays frozen
         if name not in jitted:
-            jitted[name] = jax.jit(getattr(self.task, name), static_argnames=static)
+            jitted[name] = jax.jit(getattr(self.task, name), static_argnames=STATIC_ARGNAMES.get(name, ()))
         return jitted[name]
 
     # ------------------------------------------------------------------ compositions
@@ -147,7 +149,7 @@ class LZN:
         images = self._images(images)
         self._need("embed images (it has no image encoder)", tasks.EMBEDS)
         # apply_head=False with an encoder that has no separate head: ValueError from the task, before compute.
-        return self._compiled("embed", "apply_head")(params, images, apply_head=apply_head)
+        return self._compiled("embed")(params, images, apply_head=apply_head)
 
     def latents(self, params, images, *, key, context=None, prior_std: float = 1.0) -> jax.Array:
         """Image encoder + forward flow: latents [B, Dz] of `images`, zoned together with `context` images."""
@@ -184,7 +186,7 @@ class LZN:
             if labels is None:
                 raise ValueError("This model is label-conditional: pass labels [B] (ints in [0, num_classes)).")
             labels = self._labels(labels)
-            images = self._compiled("sample", "num", "sampler")(params, key, labels, num=num, sampler=sampler)
+            images = self._compiled("sample")(params, key, labels, num=num, sampler=sampler)
             # Traced labels are not range-checked: one outside [0, num_classes) gives a NaN image, not a clamped class.
             valid = (labels >= 0) & (labels < self.task.num_classes)
             return jnp.where(valid[:, None, None, None], images, jnp.nan)
@@ -192,7 +194,7 @@ class LZN:
             raise ValueError("Pass `num` (how many images) for an unconditional model.")
         if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or num < 1:
             raise ValueError(f"`num` must be a positive int (how many images); got {num!r}.")
-        return self._compiled("sample", "num", "sampler")(params, key, labels, num=num, sampler=sampler)
+        return self._compiled("sample")(params, key, labels, num=num, sampler=sampler)
 
     def reconstruct(self, params, images, *, key, labels=None, context=None, sampler: str = "euler") -> jax.Array:
         """Image → latent → initial noise (decoder ODE backwards) → image again: [B, H, W, C]."""
@@ -201,8 +203,8 @@ class LZN:
         lat = self.latents(params, images, key=key, context=context)
         if tasks.can(self.task, tasks.CLASSIFIES) and labels is None:
             labels = self._compiled("classify_latents")(params, lat)
-        noise = self._compiled("invert", "sampler")(params, images, lat, labels, sampler=sampler)
-        return self._compiled("decode", "sampler")(params, noise, lat, labels, sampler=sampler)
+        noise = self._compiled("invert")(params, images, lat, labels, sampler=sampler)
+        return self._compiled("decode")(params, noise, lat, labels, sampler=sampler)
 
     def interpolate(self, params, a, b, steps: int, *, key, context=None, sampler: str = "euler") -> jax.Array:
         """Images along the spherical path between the latents of image a and image b: [steps, H, W, C].
@@ -226,7 +228,7 @@ class LZN:
         path = slerp(lat_a, lat_b, jnp.linspace(0.0, 1.0, steps))
         labels = self._compiled("classify_latents")(params, path) if tasks.can(self.task, tasks.CLASSIFIES) else None
         noise = jnp.broadcast_to(jax.random.normal(k_noise, self.image_shape), (steps,) + self.image_shape)
-        return self._compiled("decode", "sampler")(params, noise, path, labels, sampler=sampler)
+        return self._compiled("decode")(params, noise, path, labels, sampler=sampler)
 
 
 def slerp(a: jax.Array, b: jax.Array, fractions: jax.Array) -> jax.Array:
