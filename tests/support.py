@@ -53,9 +53,14 @@ TINY_TRUNK = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dro
 
 def tiny_joint_config():
     """configs/digits_joint.py:runlocal shrunk to 8x8 images, a tiny NCSN++ and 3 sampler steps: quick to compile."""
-    config = load_config("digits_joint", "runlocal")
-    config.encoder.update(TINY_TRUNK)
-    config.decoder.update(TINY_TRUNK)
+    return _tiny_ncsnpp(load_config("digits_joint", "runlocal"))
+
+
+def _tiny_ncsnpp(config):
+    """`config` (an NCSN++ composition) on 8x8 images with one-level NCSN++ trunks and 3 sampler steps."""
+    for section in ("encoder", "decoder"):
+        if config[section].get("name"):
+            config[section].update(TINY_TRUNK)
     config.data.image_size = 8
     config.rf.euler_steps = 3
     return config
@@ -65,9 +70,7 @@ def step_configs() -> dict:
     """One small config per task, {name: config}: the train-step tests (tests/test_train.py) and the bfloat16
     report (experiments/numerics_report.py) share them, so each step is compiled once per suite run (the persistent
     compilation cache turns a later build of the same program into a load)."""
-    gen = load_config("digits_gen", "runlocal")
-    gen.encoder.update(attn_resolutions=())
-    gen.decoder.update(attn_resolutions=())
+    gen = _tiny_ncsnpp(load_config("digits_gen", "runlocal"))
     representation = load_config("digits_repr", "runlocal")
     simclr = load_config("digits_simclr", "runlocal")
     for config in (representation, simclr):
