@@ -120,7 +120,8 @@ def model_check(name: str, config, batch_size: int, dtype: str, repeats: int) ->
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tiny shapes: the configs' :runlocal forms, one-level NCSN++ on 8x8 images (CPU).")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny shapes: the configs' :runlocal forms, one-level NCSN++ on 8x8 images (CPU).")
     parser.add_argument("--models", default=None, help=f"comma-separated configs to time (default {','.join(MODELS)}; "
                         f"--tiny: {','.join(TINY_MODELS)}).")  # fmt: skip
     parser.add_argument("--dtypes", default="float32,bfloat16")
