@@ -112,12 +112,11 @@ def assert_same_arrays(a, b, what):
 
 
 def train_records(workdir) -> dict[int, dict]:
-    """{step: train/* metrics}; a resumed run logs again the steps after its checkpoint, and the last record wins."""
+    """{step: every logged value but the timings}; a resumed run logs again the steps after its checkpoint, and the
+    last record wins."""
     out = {}
     for record in files.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-        metrics = {k: v for k, v in record.items() if k.startswith("train/")}
-        if metrics:
-            out[record["step"]] = metrics
+        out.setdefault(record["step"], {}).update({k: v for k, v in record.items() if k not in TIMING})
     return out
 
 
@@ -169,8 +168,12 @@ def test_sigkill_at_any_moment_then_the_same_command_ends_exactly_like_an_uninte
     for item in checkpoint.ITEMS:  # params, EMA, Adam state, step/RNG key/EMA counts/skip counters
         assert_same_arrays(got[item], expected[item], item)
     expected_metrics, got_metrics = train_records(reference), train_records(workdir)
+    assert sorted(got_metrics) == list(range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY))
     assert abs(got_metrics[STEPS]["train/loss"] - expected_metrics[STEPS]["train/loss"]) <= 1e-6
-    assert got_metrics == expected_metrics  # every logged window, before and after each resume
+    # Every logged value of every window, before and after each resume. (This also holds the determinism check
+    # that once had its own uninterrupted second run: a run whose draws or reductions varied from one process to
+    # the next fails here, and in the SIGINT/SIGTERM test, as surely as a resume that lost state.)
+    assert got_metrics == expected_metrics
 
 
 def stop_while_compiling(env, workdir, log_path, signal_number) -> tuple[int, str]:
@@ -218,19 +221,6 @@ def test_the_log_has_one_line_per_phase_and_the_parameter_table_goes_to_the_work
     table = (reference / "parameters.txt").read_text()
     assert "| Name" in table and "encoder/" in table
     assert "| Name" not in output and "dataset_info.json" not in output
-
-
-@pytest.mark.slow
-def test_the_same_config_and_seed_give_bit_identical_metrics(env, reference, tmp_path):
-    again = tmp_path / "again"
-    Process(env, cli(again), tmp_path / "again.log").finish()
-
-    def records(workdir):
-        rows = files.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-    assert records(again) == records(reference)
-    assert len(train_records(again)) == STEPS // CHECKPOINT_EVERY
 
 
 POISONED_RUN = """
