@@ -50,6 +50,13 @@ def saved_items(workdir, step) -> dict:
 
 TINY_TRUNK = dict(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
 
+# The settings of tests/test_fsdp_main.py's runs of `python -m lzn_jax.main` on 8 devices (over their :runlocal
+# configs). tests/multidevice/test_api_sharded.py trains the joint one in process with the same settings, so the
+# suite compiles that 8-device train step once: the later of the two loads it from the persistent compilation cache.
+EIGHT_DEVICE_STEP = {"batch_size": 16, "data.image_size": 8, "zoning.num_steps": 3, "optim.eps": 0.1}
+EIGHT_DEVICE_JOINT = {"encoder.nf": 8, "encoder.ch_mult": (1,), "decoder.nf": 8, "decoder.ch_mult": (1,),
+                      "zoning.label_num_steps": 2}  # fmt: skip
+
 
 def tiny_joint_config():
     """configs/digits_joint.py:runlocal shrunk to 8x8 images, a tiny NCSN++ and 3 sampler steps: quick to compile."""

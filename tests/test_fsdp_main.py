@@ -24,25 +24,16 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import saved_items, subprocess_env
+from support import EIGHT_DEVICE_JOINT, EIGHT_DEVICE_STEP, saved_items, subprocess_env
 
 from lzn_jax import files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-COMMON = {
-    "batch_size": 16,  # 2 rows per device
-    "data.image_size": 8,
-    "log_every_steps": 1,
-    "checkpoint_every_steps": 2,
-    "zoning.num_steps": 3,
-    "optim.eps": 0.1,
-}
-TINY_NCSNPP = {"nf": 8, "ch_mult": (1,)}
+COMMON = {**EIGHT_DEVICE_STEP, "log_every_steps": 1, "checkpoint_every_steps": 2}  # batch 16: 2 rows per device
 # One basic block per stage (a ResNet-10) at base width 32: the layouts and the resume do not depend on depth.
 RESNET_10 = {"encoder.depth": 18, "encoder.stage_blocks": (1, 1, 1, 1), "encoder.base_width": 32, "latent_dim": 64}
 TASKS = {  # task: (config file, its tiny overrides); evaluators are off in the runlocal configs
-    "generation": ("digits_joint", {**{f"{s}.{k}": v for s in ("encoder", "decoder") for k, v in TINY_NCSNPP.items()},
-                                    "zoning.label_num_steps": 2}),
+    "generation": ("digits_joint", EIGHT_DEVICE_JOINT),
     "representation": ("digits_repr", RESNET_10),
     "simclr": ("digits_simclr", RESNET_10),
 }  # fmt: skip
@@ -50,7 +41,10 @@ TASKS = {  # task: (config file, its tiny overrides); evaluators are off in the 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return subprocess_env(devices=8, cache_dir=tmp_path_factory.mktemp("jax_cache"))
+    """The runs share the suite's compilation cache (conftest.py): each program is compiled by the first run that
+    needs it, and the replicated joint step also serves tests/multidevice/test_api_sharded.py."""
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax_cache")
+    return subprocess_env(devices=8, cache_dir=cache_dir)
 
 
 def start(env, task, workdir, *, fsdp, steps) -> subprocess.Popen:

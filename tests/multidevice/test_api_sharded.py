@@ -16,16 +16,18 @@ import pytest
 from api_checks import check_every_method, train_short_run
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from support import tiny_joint_config
+from support import EIGHT_DEVICE_JOINT, EIGHT_DEVICE_STEP, tiny_joint_config
 
-from lzn_jax import api, data, parallel
+from lzn_jax import api, configlib, data, parallel
 
 pytestmark = pytest.mark.slow
 SHARDED_ROADS = ("latents", "classify", "reconstruct")
 
 
 def test_params_loaded_onto_the_train_mesh_work_in_every_transform_on_sharded_images(tmp_path):
-    config = tiny_joint_config()
+    # test_fsdp_main's replicated joint run, trained in process: its 8-device train step is a cache load when that
+    # file ran first (tests/test_multidevice.py runs this file last for that).
+    config = configlib.override(tiny_joint_config(), **EIGHT_DEVICE_STEP, **EIGHT_DEVICE_JOINT)
     assert jax.device_count() == 8 and config.batch_size % 8 == 0
     train_short_run(config, tmp_path)
     mesh = parallel.make_mesh(-1, 1)  # the mesh training used: (data 8, model 1), explicit axes
