@@ -9,6 +9,8 @@ saw it. Here each task trains 2 steps, is restarted by the same command to 4 ste
   2e-6 on the parameters;
 - its checkpoints hold the FSDP layout (Adam moments as trees) and the restart resumes from them;
 - a checkpoint of one layout resumed with the other is converted, and the run continues as if never switched.
+The joint runs freeze their decoder and label anchors at step 2 (`support.FREEZE`), so every restart resumes at a
+freeze and steps 3 and 4 update only the encoder, in both layouts.
 
 Adam's eps is 0.1 as in tests/multidevice/test_train_sharded.py: with 1e-8 Adam divides float32 rounding noise
 of zero-gradient biases by its own magnitude, which moves those biases by ±lr whatever the layout.
