@@ -92,6 +92,26 @@ def test_train_steps_match_one_device(data_devices, model_devices, fsdp):
         np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6, err_msg=jax.tree_util.keystr(path))
 
 
+def test_fsdp_gradients_are_reduce_scattered_into_the_shards():
+    """Under FSDP each device all-gathers the params inside the step's shard_map, so each gradient reaches the
+    device's shard by one reduce-scatter. The bug this catches: gathering them before the shard_map (a reshard to
+    replicated) made XLA all-reduce every whole gradient and slice the shard out of it, the whole gradient on
+    every device, which FSDP is there to avoid (the step then held 1 reduce-scatter, the zoning kernel's own)."""
+    config = tiny_config(4, 2, fsdp=True)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+    built = train.build(config, mesh)
+    step = train_state.make_train_step(built.task, built.optimizer, mesh, built.shardings)
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), built.abstract_state,
+                         built.shardings)  # fmt: skip
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=parallel.batch_sharding(mesh))
+             for k, v in host_batches()[0].items()}  # fmt: skip
+    with jax.set_mesh(mesh):
+        text = step.lower(state, batch).compile().as_text()  # test_train_steps_match_one_device's program: a load
+    sharded = [s for s in jax.tree.leaves(built.shardings.params) if parallel.DATA in s.spec]
+    assert len(sharded) > 20
+    assert text.count(" reduce-scatter(") >= len(sharded), text.count(" reduce-scatter(")
+
+
 def test_fsdp_stores_the_state_sharded():
     replicated_bytes = trained(1, 1, False)[3]
     fsdp_bytes = trained(4, 2, True)[3]
