@@ -87,9 +87,8 @@ def _gather_shards(shard: jax.Array, spec: P) -> jax.Array:
 
     Gathered inside the step's shard_map, so the gradient's transpose is a reduce-scatter straight into each
     device's shard. Gathered before it (a reshard to replicated), the gradient came out of the shard_map whole
-    and XLA's CPU compiler all-reduced it and sliced the shard out: 2.76 MB of collectives per step on 8 devices
-    for digits_joint:runlocal where this moves 1.56 MB (the TPU compiler recovered most of it itself: 4.75 and
-    4.37 MB on v5e:2x4; docs/scaling.md).
+    and XLA's CPU compiler all-reduced it and sliced the shard out (docs/scaling.md, "FSDP gradients", has the
+    collective bytes of both).
     """
     if parallel.DATA not in spec:
         return shard
