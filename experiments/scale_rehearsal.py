@@ -82,7 +82,6 @@ if __name__ == "__main__":
 
 import json  # noqa: E402
 import re  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import datetime  # noqa: E402
@@ -96,6 +95,7 @@ from lzn_jax import configlib, data, evaluators, parallel, train, train_state  #
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chips import CHIPS, GiB, TPU_HBM  # noqa: E402
+from results import COMMIT  # noqa: E402  (taken at start: a compile can outlast several commits)
 
 # An assumption, not a measurement: a model-FLOP utilisation typical of well-tuned convnet training on these
 # chips (mixed convolution sizes, small per-device batches). experiments/device_check.sh measures the real one.
@@ -255,14 +255,6 @@ def implied_step_seconds(flops_per_step: float, dtype: str) -> dict:
     return {chip: flops_per_step / (spec[dtype] * UTILISATION) for chip, spec in CHIPS.items()}
 
 
-def _commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
 def rehearse(config, *, devices: int | None, topology: str | None, layouts, with_evals: bool) -> dict:
     if topology:
         device_list, platform, hbm = tpu_devices(topology), "tpu", tpu_hbm(topology)
@@ -357,7 +349,7 @@ def main(argv):
     report["config"] = _argv_value("config", sys.argv)
     report["num_train_steps"] = config.num_train_steps
     report["command"] = " ".join(["python", "experiments/scale_rehearsal.py", *sys.argv[1:]])
-    report["commit"] = _commit()
+    report["commit"] = COMMIT
     report["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     report["jax"] = jax.__version__
     if FLAGS.json:
