@@ -101,7 +101,7 @@ def is_unverified(nodeid: str) -> bool:
 # longest files are collected first, longest first (worker-seconds of each file in the full suite at commit
 # 5487a80, docs/results/test_times.txt "Stop 22"; every file of 100 s or more); the others, all shorter, keep
 # their order and fill the end. (With the order of c3966b3, test_ncsnpp, test_zoning and test_scale_rehearsal,
-# 125-244 s each, started in the last 420 s of the stop-22 run and test_zoning ran its last 90 s alone.)
+# 125-244 s each, started in the last 420 s of the stop-22 run, and test_zoning compiled alone for its last ~90 s.)
 LONGEST_FILES_FIRST = (
     "test_fsdp_main.py", "test_multidevice.py", "test_train.py", "test_reliability.py", "test_reference_steps.py",
     "test_evaluators.py", "test_own_images.py", "test_learning.py", "test_api_transforms.py", "test_notebook.py",
