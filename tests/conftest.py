@@ -104,7 +104,7 @@ def is_unverified(nodeid: str) -> bool:
 # order of c3966b3, test_ncsnpp, test_zoning and test_scale_rehearsal, 125-244 s each, started in the last 420 s
 # of the stop-22 run, and test_zoning compiled alone for its last ~90 s.)
 LONGEST_FILES_FIRST = (
-    "test_paper_configs.py",  # 90 minutes of one worker in `pytest tests`; 4 in CI's selection (repr_imagenet)
+    "test_paper_configs.py",  # 90 minutes of one worker in `pytest tests`; 5 in CI's selection (repr_imagenet)
     "test_fsdp_main.py", "test_claims.py", "test_multidevice.py", "test_train.py", "test_reliability.py",
     "test_reference_steps.py", "test_evaluators.py", "test_own_images.py", "test_learning.py",
     "test_api_transforms.py", "test_notebook.py", "test_ncsnpp.py", "test_distributed.py", "test_zoning.py",
