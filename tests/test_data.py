@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from sklearn import datasets
@@ -146,6 +147,23 @@ def test_two_views_are_different_augmentations_of_the_same_example():
     plain = next(data.train_iterator(digits_cfg(num_views=2), batch_size=32, seed=0))
     np.testing.assert_array_equal(plain["image"], plain["image2"])  # without augmentation the views coincide
     np.testing.assert_array_equal(plain["label"], batch["label"])  # same examples: the order does not depend on views
+
+
+def test_the_autotuner_changes_no_batch():
+    """`data.autotune` picks how tf.data runs (tuned parallelism and prefetch, or one map call per core and 2
+    batches ahead), never what it yields: a pipeline whose parallel map gave up the record order, or whose
+    augmentation seeds depended on which call ran first, would differ here. Off by default: closing a live
+    iterator waited for the tuning thread (experiments/bench_input.py)."""
+    cfg = digits_cfg(num_views=2, augmentation="affine")
+    assert cfg.autotune is False
+    want_train = take(data.train_iterator(cfg, batch_size=64, seed=5), 3)
+    want_eval = list(data.eval_iterator(cfg, split="test", batch_size=100))
+    cfg.autotune = True
+    assert_batches_equal(take(data.train_iterator(cfg, batch_size=64, seed=5), 3), want_train)
+    assert_batches_equal(list(data.eval_iterator(cfg, split="test", batch_size=100)), want_eval)
+    from_dict = ml_collections.ConfigDict({**cfg.to_dict(), "autotune": "yes"})  # (assigning it would raise)
+    with pytest.raises(ValueError, match="data.autotune='yes'"):
+        data.train_iterator(from_dict, batch_size=8, seed=0)
 
 
 @pytest.mark.slow  # 9 s cold on 2 cores (fast-tier budget)

@@ -52,6 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
             "num_views": 1,  # 2 adds "image2", a second augmented view of the same example
             "eval_crop_fraction": 1.0,  # eval: resize the shorter side to image_size / this, then center crop
             "shuffle_buffer": 10_000,  # TFDS only: examples in the shuffle buffer (array sources shuffle fully)
+            # tf.data's autotuner. False: each map runs on every CPU core this process may use and 2 batches are
+            # prefetched. True: TensorFlow tunes both, but its tuning thread sleeps up to a minute between rounds
+            # and closing a live iterator (every training run's end) waits for it to wake: 16 s measured on
+            # digits (experiments/bench_input.py).
+            "autotune": False,
             # Train augmentation: "none"; "flip" (random horizontal flip, the official generation pipelines);
             # "affine" (small rotation / translation / zoom, no flip: digits); "simclr" (the official ImageNet
             # two-view pipeline: random resized crop, flip, colour jitter, grayscale, blur).
@@ -188,6 +193,8 @@ def validate_config(data_cfg: ml_collections.ConfigDict) -> None:
     _check_positive_int(c.image_size, "data.image_size")
     _check_positive_int(c.num_classes, "data.num_classes")
     _check_positive_int(c.shuffle_buffer, "data.shuffle_buffer")
+    if not isinstance(c.autotune, bool):
+        raise ValueError(f"data.autotune={c.autotune!r} must be True or False.")
     _check_choice(c.num_channels, "data.num_channels", (1, 3))
     _check_choice(c.num_views, "data.num_views", (1, 2))
     _check_interval(c.eval_crop_fraction, "data.eval_crop_fraction", 0.0, 1.0, closed_low=False)

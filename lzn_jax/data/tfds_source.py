@@ -100,8 +100,7 @@ class TfdsSource(Source):
                 "image": ex[image_key],
                 "label": tf.cast(ex[label_key], tf.int32) if has_labels else tf.constant(0, tf.int32),
             },
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        )  # a renaming: not worth a parallel map
 
 
 def _split_size(info, cfg, key):

@@ -100,8 +100,9 @@ def fetch(x) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 # Host memory and bounded passes in a fixed order.
 
-# Batches of a tf.data pass alive at once on a host: the one in use plus the prefetch buffer (AUTOTUNE keeps
-# about two ready). Host-memory statements of the evaluators count pipeline batches with this factor.
+# Batches of a tf.data pass alive at once on a host: the one in use plus the prefetch buffer (data/pipeline.py's
+# PREFETCH_BATCHES = 2; with `data.autotune` TensorFlow keeps about two ready). Host-memory statements of the
+# evaluators count pipeline batches with this factor.
 PIPELINE_BATCHES = 3
 DEFAULT_MAX_HOST_BYTES = 2 * 1024**3  # rows an ordered pass may buffer on a host (see `ordered_split`)
 WEIGHTS = ("ema", "raw")
