@@ -6,7 +6,8 @@ images per second.
 A training run closes its train iterator when it ends (and when it stops on a signal). With `data.autotune`
 on, tf.data runs a tuning thread whose sleep between rounds doubles (up to a minute); closing the iterator
 waited for that thread to wake. Each trial takes two batches, waits `--idle` seconds (a run's compile and
-steps), then closes the iterator; then `--batches` batches are timed after 5 of warm-up. The iterators are
+steps), then closes the iterator (the wait depends on where the tuning thread's sleep is: one trial per idle
+time); then `--batches` batches are timed after 5 of warm-up. The iterators are
 built by `lzn_jax.data.train_iterator`, as `lzn_jax.train` builds them. Writes docs/results/bench_input.json.
 """
 
@@ -48,7 +49,8 @@ def images_per_second(data_cfg, batch_size: int, num_batches: int) -> float:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="digits_gen", help="configs/<name>.py, optionally name:arg")
-    parser.add_argument("--idle", default="7,13,25", help="comma-separated seconds between the reads and close")
+    parser.add_argument("--idle", default="1,3,5,7,9,11,13,15,20,25",
+                        help="comma-separated seconds between the reads and the close, one trial each")
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--out", default="bench_input", help="docs/results/<out>.json; '' writes nothing")
     args = parser.parse_args(argv)
@@ -60,8 +62,12 @@ def main(argv=None) -> dict:
         config.data.autotune = autotune
         trials = {f"{s:g}": round(close_seconds(config.data, config.batch_size, s), 3) for s in idle}
         rate = images_per_second(config.data, config.batch_size, args.batches)
-        numbers[f"autotune={autotune}"] = {"close_seconds_after_idle": trials, "images_per_second": round(rate, 1)}
-        print(f"data.autotune={autotune}: close after idle {trials} s; {rate:,.0f} images/s", flush=True)
+        numbers[f"autotune={autotune}"] = {
+            "close_seconds_after_idle": trials, "close_seconds_total": round(sum(trials.values()), 3),
+            "images_per_second": round(rate, 1),
+        }  # fmt: skip
+        print(f"data.autotune={autotune}: close after idle {trials} s (total {sum(trials.values()):.2f} s); "
+              f"{rate:,.0f} images/s", flush=True)  # fmt: skip
     if args.out:
         results.write(args.out, numbers)
     return numbers
