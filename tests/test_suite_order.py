@@ -1,9 +1,12 @@
 """conftest.py's scheduling list names real files: a renamed long file would silently start wherever the
 alphabet puts it, and the full suite would end with one xdist worker running it alone for minutes."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
-from conftest import LONGEST_FILES_FIRST, TOO_SLOW_FOR_CI, UNVERIFIED, _file_rank
+from conftest import LONGEST_FILES_FIRST, TOO_SLOW_FOR_CI, UNVERIFIED, _file_rank, is_unverified
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -23,3 +26,28 @@ def test_the_longest_files_rank_first_in_their_order():
     ranks = [_file_rank(Item(name)) for name in LONGEST_FILES_FIRST]
     assert ranks == sorted(ranks) == list(range(len(LONGEST_FILES_FIRST)))
     assert _file_rank(Item("test_optim.py")) == len(LONGEST_FILES_FIRST)  # a short file: after all of them
+
+
+def collected(files, *, skip_unverified: bool) -> list[str]:
+    """Node ids pytest collects from `files`, as CI (`LZN_SKIP_UNVERIFIED=1`) or `pytest tests` would."""
+    env = {**os.environ, "LZN_SKIP_UNVERIFIED": "1" if skip_unverified else "0"}
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files]
+    out = subprocess.run(command, cwd=HERE.parent, env=env, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "::" in line]
+
+
+def test_ci_leaves_out_what_each_entry_names_and_runs_the_repr_imagenet_paper_configs():
+    """Each UNVERIFIED / TOO_SLOW_FOR_CI entry deselects at least one test under CI's `LZN_SKIP_UNVERIFIED=1`, and
+    nothing else: a renamed parameter id would silently put 90 minutes of NCSN++ runs into CI (or drop a test from
+    it), and the README's statement that CI runs repr_imagenet's two paper-config runs would be false."""
+    entries = UNVERIFIED + TOO_SLOW_FOR_CI
+    files = sorted({str(HERE / entry.split("*")[0].split("::")[0]) for entry in entries})
+    everything = collected(files, skip_unverified=False)
+    in_ci = collected(files, skip_unverified=True)
+    for entry in entries:
+        assert any(all(part in node for part in entry.split("*")) for node in everything), entry
+    assert in_ci == [node for node in everything if not is_unverified(node)]
+    assert [node for node in in_ci if "test_paper_configs.py" in node] == [
+        "tests/test_paper_configs.py::test_paper_config_trains_and_evaluates_through_main[repr_imagenet-replicated]",
+        "tests/test_paper_configs.py::test_paper_config_trains_and_evaluates_through_main[repr_imagenet-fsdp]",
+    ]
