@@ -6,14 +6,19 @@ import pathlib
 import subprocess
 import sys
 
-from conftest import LONGEST_FILES_FIRST, TOO_SLOW_FOR_CI, UNVERIFIED, _file_rank, is_unverified
+from conftest import LONGEST_FILES_FIRST, TOO_SLOW_FOR_CI, UNVERIFIED, _file_rank, is_unverified, matches
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
+def entry_file(entry: str) -> str:
+    """The test file an UNVERIFIED / TOO_SLOW_FOR_CI entry starts with ("test_x.py*frag" -> "test_x.py")."""
+    return entry.split("*")[0].split("::")[0]
+
+
 def test_every_longest_file_exists_once():
     assert len(set(LONGEST_FILES_FIRST)) == len(LONGEST_FILES_FIRST)
-    files = LONGEST_FILES_FIRST + tuple(entry.split("*")[0].split("::")[0] for entry in UNVERIFIED + TOO_SLOW_FOR_CI)
+    files = LONGEST_FILES_FIRST + tuple(entry_file(entry) for entry in UNVERIFIED + TOO_SLOW_FOR_CI)
     missing = [name for name in files if not (HERE / name).is_file()]
     assert not missing, f"conftest.py names test files that do not exist: {missing}"
 
@@ -41,11 +46,11 @@ def test_ci_leaves_out_what_each_entry_names_and_runs_the_repr_imagenet_paper_co
     nothing else: a renamed parameter id would silently put 90 minutes of NCSN++ runs into CI (or drop a test from
     it), and the README's statement that CI runs repr_imagenet's two paper-config runs would be false."""
     entries = UNVERIFIED + TOO_SLOW_FOR_CI
-    files = sorted({str(HERE / entry.split("*")[0].split("::")[0]) for entry in entries})
+    files = sorted({str(HERE / entry_file(entry)) for entry in entries})
     everything = collected(files, skip_unverified=False)
     in_ci = collected(files, skip_unverified=True)
     for entry in entries:
-        assert any(all(part in node for part in entry.split("*")) for node in everything), entry
+        assert any(matches(entry, node) for node in everything), entry
     assert in_ci == [node for node in everything if not is_unverified(node)]
     assert [node for node in in_ci if "test_paper_configs.py" in node] == [
         "tests/test_paper_configs.py::test_paper_config_trains_and_evaluates_through_main[repr_imagenet-replicated]",
