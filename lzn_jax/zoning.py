@@ -87,22 +87,26 @@ def _without_dominant(p, dominant):
 
 
 def _rows_forward(q, a, center, log_w, t, targets):
-    """One tile of query rows against all anchors: (rest, lse, s_target, dominant), see `_attend`."""
+    """One tile of query rows against all anchors: (rest, lse, log_p_target, dominant), see `_attend`."""
     s = _scores(q, a - center, log_w, t)
     dominant = jnp.argmax(s, axis=-1).astype(jnp.int32)
-    lse = jax.nn.logsumexp(s, axis=-1)
-    p_other = _without_dominant(jnp.exp(s - lse[:, None]), dominant)
+    shifted = s - _pick(s, dominant)[:, None]  # <= 0, with an exact 0 at the dominant column
+    log_norm = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))  # in [0, log N]
+    p_other = _without_dominant(jnp.exp(shifted - log_norm[:, None]), dominant)
     rest = jnp.matmul(p_other, a, precision=_PRECISION) - jnp.sum(p_other, -1, keepdims=True) * a[dominant]
-    return rest, lse, _pick(s, targets), dominant
+    # The target's log-probability from the shifted logits: s_T − lse of the raw logits subtracts two numbers of
+    # the logits' size (10⁴ and more near t = 0, or far from the anchors) and keeps only their float32 rounding.
+    return rest, _pick(s, dominant) + log_norm, _pick(shifted, targets) - log_norm, dominant
 
 
-def _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_target):
+def _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_lp):
     """Gradients of one tile of query rows: (d_q [rows, D], d_a [N, D], d_log_w [N]).
 
     rest_i = Σ_{j≠k} P_ij (a_j − a_k) (k = dominant_i) and the logits s_ij = βα q_i·c_j − βα²/2 ‖c_j‖² + log w_j
     (c = a − center, α = 1 − t, β = 1/t²). With dP_ij = d_rest_i·a_j and δ_i = Σ_j P_ij dP_ij, the logit
-    gradient is P_ij (dP_ij − δ_i + d_lse_i) + [j = T_i] d_target_i; the value gradient of rest leaves the
-    dominant column out instead of cancelling it (P·d_rest − d_rest), which near one-hot P is exact.
+    gradient is P_ij (dP_ij − δ_i + d_lse_i − d_lp_i) + [j = T_i] d_lp_i (log p_T = s_T − lse); the value
+    gradient of rest leaves the dominant column out instead of cancelling it (P·d_rest − d_rest), which near
+    one-hot P is exact.
     """
     alpha = 1.0 - t
     beta = 1.0 / (t * t)
@@ -111,8 +115,8 @@ def _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_t
     p = jnp.exp(s - jax.nn.logsumexp(s, axis=-1)[:, None])
     d_p = jnp.matmul(d_rest, a.T, precision=_PRECISION)
     delta = jnp.sum(p * d_p, axis=-1)
-    d_s = p * (d_p - delta[:, None] + d_lse[:, None])
-    d_s = d_s.at[jnp.arange(q.shape[0]), targets].add(d_target)
+    d_s = p * (d_p - delta[:, None] + (d_lse - d_lp)[:, None])
+    d_s = d_s.at[jnp.arange(q.shape[0]), targets].add(d_lp)
     col = jnp.sum(d_s, axis=0)
     p_other = _without_dominant(p, dominant)
     d_q = (beta * alpha) * jnp.matmul(d_s, keys, precision=_PRECISION)
@@ -156,9 +160,9 @@ def _attend(q, a, center, log_w, t, targets, block_size):
         targets: [B] int anchor index per row. block_size: query rows per tile (static).
     Returns:
       rest [B, D] = Σ_j w_ij (a_j − a_dominant_i)  (so the posterior mean is a[dominant] + rest),
-      lse [B] = log Σ_j exp(s_ij), s_target [B] = s_{i, targets_i}, dominant [B] = argmax_j s_ij (int32).
-      s comes from `_scores`; s_target and lse from the same logits, so log w = s_target − lse is exact to
-      rounding (separately recomputed logits would differ by the matmul's rounding, scaled by 1/t²).
+      lse [B] = log Σ_j exp(s_ij), log_p_target [B] = log w_{i, targets_i}, dominant [B] = argmax_j s_ij
+      (int32). s comes from `_scores`; lse and log_p_target from the same logits, shifted by their maximum
+      (separately recomputed logits would differ by the matmul's rounding, scaled by 1/t²).
     """
     return _attend_forward(q, a, center, log_w, t, targets, block_size)
 
@@ -170,10 +174,10 @@ def _attend_fwd(q, a, center, log_w, t, targets, block_size):
 
 def _attend_bwd(block_size, residuals, cotangents):
     q, a, center, log_w, t, targets, dominant = residuals
-    d_rest, d_lse, d_target, _ = cotangents
+    d_rest, d_lse, d_lp, _ = cotangents
     b = q.shape[0]
     if b <= block_size:
-        d_q, d_a, d_lw = _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_target)
+        d_q, d_a, d_lw = _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_lp)
         return d_q, d_a, None, d_lw, None, None
 
     def tile(carry, rows):
@@ -182,7 +186,7 @@ def _attend_bwd(block_size, residuals, cotangents):
         return (d_a + da_t, d_lw + dlw_t), dq_t
 
     # Padding rows carry zero cotangents, so they add nothing to the anchors' gradients.
-    tiles = tuple(_row_tiles(x, block_size) for x in (q, targets, dominant, d_rest, d_lse, d_target))
+    tiles = tuple(_row_tiles(x, block_size) for x in (q, targets, dominant, d_rest, d_lse, d_lp))
     (d_a, d_lw), d_q = lax.scan(tile, (jnp.zeros_like(a), jnp.zeros_like(log_w)), tiles)
     return _untile(d_q, b), d_a, None, d_lw, None, None
 
@@ -207,7 +211,7 @@ class _Posterior(NamedTuple):
     dominant: jax.Array  # [B, D] a_k
     rest: jax.Array  # [B, D] Σ_j w_j (a_j − a_k): posterior mean = dominant + rest
     lse: jax.Array  # [B]
-    s_target: jax.Array  # [B]
+    log_p_target: jax.Array  # [B] log w of the target anchor
 
 
 def _make_zones(anchors, weights, block_size) -> _Zones:
@@ -250,8 +254,8 @@ def _varying_axes(x) -> frozenset:
 def _evaluate(zones: _Zones, x, t, targets) -> _Posterior:
     q = _query(zones, x, t)
     anchors, log_w = _vary_like(zones.anchors, q), _vary_like(zones.log_w, q)
-    rest, lse, s_target, dominant = _attend(q, anchors, zones.center, log_w, t, targets, zones.block_size)
-    return _Posterior(dominant, anchors[dominant], rest, lse, s_target)
+    rest, lse, log_p_target, dominant = _attend(q, anchors, zones.center, log_w, t, targets, zones.block_size)
+    return _Posterior(dominant, anchors[dominant], rest, lse, log_p_target)
 
 
 def _log_probs_all(zones: _Zones, x, t):
@@ -683,7 +687,7 @@ def assign(
         in_range = (targets >= 0) & (targets < all_anchors.shape[0])
         targets = jnp.where(in_range, targets, 0).astype(jnp.int32)
         def record(x, t, post):
-            return jnp.where(in_range & jnp.isfinite(post.lse), post.s_target - post.lse, jnp.nan)
+            return jnp.where(in_range & jnp.isfinite(post.lse), post.log_p_target, jnp.nan)
     latents = jnp.asarray(latents, dtype)
     return _reverse_flow(zones, latents, targets, record, solver=solver, num_steps=num_steps)
 

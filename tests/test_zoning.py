@@ -79,6 +79,19 @@ def test_target_log_probs_are_the_gathered_columns_of_the_full_matrix():
         np.testing.assert_allclose(jnp.sum(jnp.exp(full), axis=-1), 1.0, rtol=1e-5)
 
 
+def test_target_log_probs_keep_their_precision_when_the_logits_are_large():
+    """Bug (found by test_fuzz): the targets path returned s_T − logsumexp(s) of the raw logits; at logits of
+    1e4 and more (far from the anchors) that difference kept only the float32 rounding of both, and three
+    identical anchors got log-probabilities −1.0986, −1.0986, −1.0977 instead of log(1/3)."""
+    anchors = jnp.full((3, 1), 699051.6, jnp.float32)
+    latent = jnp.asarray([[131081.0]], jnp.float32)
+    for solver, steps in (("euler", 3), ("dpm_solver++", 3)):
+        _, full = zoning.assign(anchors, latent, num_steps=steps, solver=solver)
+        _, picked = zoning.assign(anchors, latent, num_steps=steps, solver=solver, targets=jnp.asarray([2]))
+        np.testing.assert_allclose(full, np.log(1 / 3), rtol=1e-6)
+        np.testing.assert_allclose(picked, np.log(1 / 3), rtol=1e-6)
+
+
 @pytest.mark.slow  # 14 s cold on 2 cores (fast-tier budget)
 def test_zero_weight_anchors_get_probability_zero_and_finite_gradients():
     _, view2, _ = problem(b=6, d=4)
