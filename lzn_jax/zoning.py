@@ -425,12 +425,17 @@ def _reverse_flow(zones, x0, targets, record, *, solver, num_steps):
         return post, record(x, t, post)
 
     if solver == "euler":
+        # x' = x − h·(x − m)/t written as (t'/t)·x + (h/t)·m: the same step, but the last one (t' = 0) lands on
+        # the posterior mean m exactly, where x − (x − m) would keep the rounding of x (|x| ≫ |m| for far latents).
         times, step = _euler_reverse_times(num_steps)
-        def body(x, t):
-            post, out = evaluate(x, t)
-            return x - step * ((x - post.dominant) - post.rest) / t, out
+        keep = np.append(times[1:-1] / times[:-2], 0.0)  # t'/t, exactly 0 for the last step
+        coef = {"t": times[:-1], "keep": keep, "move": step / times[:-1]}
 
-        return lax.scan(body, x0, jnp.asarray(times[:-1], dtype))
+        def body(x, c):
+            post, out = evaluate(x, c["t"])
+            return c["keep"] * x + c["move"] * (post.dominant + post.rest), out
+
+        return lax.scan(body, x0, {k: jnp.asarray(v, dtype) for k, v in coef.items()})
 
     plan = _dpm_plan(num_steps, 1.0 - DPM_EPS, DPM_EPS)
 

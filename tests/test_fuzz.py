@@ -251,6 +251,7 @@ def test_eager_latents_raise_on_bad_values_or_are_finite(values, solver):
     st.sampled_from(["anchors", "latents", "both"]),
     solvers,
 )
+@example(0, 1e5, "latents", "euler")  # found here: the last Euler step kept the rounding of latents of 1e5 (1.8e-3)
 def test_huge_values_give_nan_or_the_float64_answer(seed, scale, which, solver):
     """Float32 overflow must show: every output row is NaN or matches the float64 computation."""
     rng = np.random.default_rng(seed)

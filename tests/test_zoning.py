@@ -92,6 +92,19 @@ def test_target_log_probs_keep_their_precision_when_the_logits_are_large():
         np.testing.assert_allclose(picked, np.log(1 / 3), rtol=1e-6)
 
 
+def test_far_latents_end_on_the_posterior_mean_to_float32_rounding():
+    """Bug (found by test_fuzz with random draws): the last reverse Euler step computed x − (x − m), which keeps the
+    rounding of x; latents at 1e5 ended 1.8e-3 from the float64 end points (anchors of size 1). Written as
+    (t'/t)·x + (h/t)·m the last step lands on m: 4e-8."""
+    rng = np.random.default_rng(0)
+    anchors, latents = rng.normal(size=(4, 3)), rng.normal(size=(3, 3)) * 1e5
+    for solver in ("euler", "dpm_solver++"):
+        end32, _ = zoning.assign(anchors.astype(np.float32), latents.astype(np.float32), num_steps=3, solver=solver)
+        with jax.enable_x64(True):
+            end64, _ = zoning.assign(anchors, latents, num_steps=3, solver=solver)
+        np.testing.assert_allclose(end32, end64, atol=1e-4)
+
+
 @pytest.mark.slow  # 14 s cold on 2 cores (fast-tier budget)
 def test_zero_weight_anchors_get_probability_zero_and_finite_gradients():
     _, view2, _ = problem(b=6, d=4)
