@@ -90,13 +90,14 @@ def _rows_forward(q, a, center, log_w, t, targets):
     """One tile of query rows against all anchors: (rest, lse, log_p_target, dominant), see `_attend`."""
     s = _scores(q, a - center, log_w, t)
     dominant = jnp.argmax(s, axis=-1).astype(jnp.int32)
-    shifted = s - _pick(s, dominant)[:, None]  # <= 0, with an exact 0 at the dominant column
+    s_max = _pick(s, dominant)
+    shifted = s - s_max[:, None]  # <= 0, with an exact 0 at the dominant column
     log_norm = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))  # in [0, log N]
     p_other = _without_dominant(jnp.exp(shifted - log_norm[:, None]), dominant)
     rest = jnp.matmul(p_other, a, precision=_PRECISION) - jnp.sum(p_other, -1, keepdims=True) * a[dominant]
     # The target's log-probability from the shifted logits: s_T − lse of the raw logits subtracts two numbers of
     # the logits' size (10⁴ and more near t = 0, or far from the anchors) and keeps only their float32 rounding.
-    return rest, _pick(s, dominant) + log_norm, _pick(shifted, targets) - log_norm, dominant
+    return rest, s_max + log_norm, _pick(shifted, targets) - log_norm, dominant
 
 
 def _rows_backward(q, a, center, log_w, t, targets, dominant, d_rest, d_lse, d_lp):
