@@ -73,7 +73,11 @@ def _scores(q, keys, log_w, t):
     beta = 1.0 / (t * t)
     qk = jnp.matmul(q, keys.T, precision=_PRECISION)
     k_sq = jnp.sum(keys * keys, axis=-1)
-    return (beta * alpha) * qk - (0.5 * beta * alpha * alpha) * k_sq + log_w
+    distance_terms = (beta * alpha) * qk - (0.5 * beta * alpha * alpha) * k_sq
+    # Finite inputs whose terms overflow (anchors of size 1e16 at t = 1e-3 in float32) would give an anchor's
+    # logit −inf, silently dropping its zone from the softmax: its own latent then follows another anchor to a
+    # finite, wrong point. Such logits become NaN, like a non-finite input (log_w's −inf, weight 0, stays).
+    return jnp.where(jnp.isfinite(distance_terms), distance_terms, jnp.nan) + log_w
 
 
 def _pick(s, index):

@@ -105,6 +105,21 @@ def test_far_latents_end_on_the_posterior_mean_to_float32_rounding():
         np.testing.assert_allclose(end32, end64, atol=1e-4)
 
 
+def test_overflowing_logits_make_nan_rows_not_a_finite_wrong_point():
+    """Bug (found by test_fuzz with random draws): anchors of size 1e16 at t = 1e-3 overflow one anchor's
+    ‖a‖²/(2t²) term to inf in float32; its logit became −inf, its zone dropped out of every softmax, and its own
+    latent followed another anchor to a finite point 1.35e6× too large (under jit). Overflow must show as NaN."""
+    anchors = np.random.default_rng(60927).normal(size=(4, 3)) * 1e16
+    prior = np.full((4, 3), 0.3)
+    for solver in ("euler", "dpm_solver++"):  # under jit, where XLA's fusion turned the case finite
+        flow = jax.jit(functools.partial(zoning.latents, num_steps=3, solver=solver))
+        got = np.asarray(flow(anchors.astype(np.float32), prior.astype(np.float32)))
+        with jax.enable_x64(True):
+            want = np.asarray(zoning.latents(anchors, prior, num_steps=3, solver=solver))
+        finite = ~np.isnan(got).any(axis=1)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-3)
+
+
 @pytest.mark.slow  # 14 s cold on 2 cores (fast-tier budget)
 def test_zero_weight_anchors_get_probability_zero_and_finite_gradients():
     _, view2, _ = problem(b=6, d=4)
