@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     numbers["across_core_sets"] = {f"{a} vs {b}": compare(runs[a], runs[b]) for a in names for b in names if a < b}
     print(json.dumps(numbers["across_core_sets"], indent=1))
     if args.out:
-        print("wrote", results.write(args.out, numbers))
+        results.write(args.out, numbers)
     return numbers
 
 
