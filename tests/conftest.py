@@ -80,8 +80,8 @@ UNVERIFIED = ()  # stop 16: test_paper_configs.py*gen_lsun_bedroom-replicated pa
 
 # Slow tests seen green but left out of CI (LZN_SKIP_UNVERIFIED=1) only to keep it well inside its 90 minutes until
 # the suite is faster (issue 14); `pytest tests` runs them. test_paper_configs' runs of `main` on 8 simulated
-# devices took, on one core (stop 24, docs/results/test_times.txt): the NCSN++ configs 411-612 s each (10 runs,
-# 5 183 s), repr_imagenet 110 + 105 s, which CI runs. test_claims (581 s of one core) rejoined CI in stop 24: CI
+# devices took, on one core (docs/results/test_times.txt): the NCSN++ configs 200-343 s each (10 runs, 2 720 s, all
+# passing, stop 28), repr_imagenet 110 + 105 s (stop 24), which CI runs. test_claims (581 s of one core) rejoined CI in stop 24: CI
 # had run the rest of the suite in 1 484 s, installs included.
 TOO_SLOW_FOR_CI = ("test_paper_configs.py*gen_", "test_paper_configs.py*joint_cifar10")
 
