@@ -200,14 +200,15 @@ def test_dropout_only_in_training_and_driven_by_the_dropout_rng():
     assert float(jnp.abs(train[0] - eval_a).max()) > 0
 
 
-@pytest.mark.slow  # 81 s in the full suite at 604aad6 with two levels, 2 cores (fast-tier budget)
+@pytest.mark.slow  # 33 s in the full suite at 245ce7d, 2 cores (fast-tier budget)
 def test_remat_keeps_params_outputs_and_gradients():
     """`remat=True` (the memory knob of the 256 px configs, docs/scaling.md) only changes what the backward pass
     stores: the same param tree, and, in training mode with dropout, the same output and gradients. Bugs this
     catches: a renamed block (checkpoints and converted official weights would no longer load), and a `train`
     flag traced by jax.checkpoint (dropout's Python branch would fail) or dropped (dropout silently off).
     One level (no up/down-sampling blocks): every residual block, those included, is wrapped by the same line of
-    `_resblock`, and the two-level network made this test 49 s of one core instead of 14 s (stop 29)."""
+    `_resblock`; with two levels this test took 81 s of the full suite, with one 33 s (on a slower hour; docs/results/test_times.txt,
+    stop 29)."""
     kw = dict(latent_dim=5, num_classes=3, **dict(TINY, dropout=0.5, ch_mult=(1,), attn_resolutions=(8,)))
     latent, label, t, xt = _decoder_args()
     plain, remat = ncsnpp.NCSNPPDecoder(**kw), ncsnpp.NCSNPPDecoder(**kw, remat=True)
