@@ -207,8 +207,8 @@ def test_remat_keeps_params_outputs_and_gradients():
     catches: a renamed block (checkpoints and converted official weights would no longer load), and a `train`
     flag traced by jax.checkpoint (dropout's Python branch would fail) or dropped (dropout silently off).
     One level (no up/down-sampling blocks): every residual block, those included, is wrapped by the same line of
-    `_resblock`; with two levels this test took 81 s of the full suite, with one 33 s (on a slower hour; docs/results/test_times.txt,
-    stop 29)."""
+    `_resblock`; with two levels this test took 81 s of the full suite, with one 33 s on a slower hour
+    (docs/results/test_times.txt, stop 29)."""
     kw = dict(latent_dim=5, num_classes=3, **dict(TINY, dropout=0.5, ch_mult=(1,), attn_resolutions=(8,)))
     latent, label, t, xt = _decoder_args()
     plain, remat = ncsnpp.NCSNPPDecoder(**kw), ncsnpp.NCSNPPDecoder(**kw, remat=True)
