@@ -352,8 +352,9 @@ def main(argv=None):
         budget = dataclasses.replace(budget, batch_sizes=tuple(args.batch_sizes))
     root = args.workdir or str(ROOT / "workdirs" / ("claims_quick" if args.quick else "claims"))
     out = pathlib.Path(args.out or ROOT / "docs" / "results")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax_cache"))  # seeds reuse compiles
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if not jax.config.jax_compilation_cache_dir:  # seeds reuse compiles; a cache the caller set up is left alone
+        jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     start, wall = time.process_time(), time.perf_counter()
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *(argv or sys.argv[1:])])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

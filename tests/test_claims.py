@@ -5,6 +5,7 @@ import math
 import pathlib
 import sys
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,7 +19,11 @@ def test_claims_quick(tmp_path):
     finally:
         sys.path.remove(str(ROOT / "experiments"))
     out = tmp_path / "docs" / "results"
+    cache = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
     claims.main(["--quick", f"--workdir={tmp_path / 'work'}", f"--out={out}"])
+    # claims.main used to set its own cache settings unconditionally: in the suite's worker it raised the
+    # minimum compile time worth caching from 0 to 1 s for every test that ran after it there.
+    assert (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs) == cache
 
     record = json.loads((out / "claims.json").read_text(encoding="utf-8"))
     assert {"commit", "command", "claims"} <= set(record)
