@@ -44,12 +44,31 @@ def main(argv):
 
     logging.info("JAX %s, %d process(es), %d device(s): %s", jax.__version__, jax.process_count(), jax.device_count(),
                  jax.devices()[0].device_kind)  # fmt: skip
+    cache = compilation_cache_dir(FLAGS.workdir)
+    if cache:  # read and written at the first compile, after setup has validated the config and the workdir
+        jax.config.update("jax_compilation_cache_dir", cache)
     if FLAGS.mode == "train":
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
         results = train.evaluate(FLAGS.config, FLAGS.workdir)
         for name, value in sorted(results.items()):
             print(f"{name}: {value:.6g}")
+
+
+def compilation_cache_dir(workdir: str) -> Optional[str]:
+    """`<workdir>/jax_cache`, where `main` keeps JAX's persistent compilation cache; None where the environment
+    chose: JAX_COMPILATION_CACHE_DIR set to a folder (JAX uses that one) or to "" (no cache).
+
+    A paper config's train step takes long to compile (the TPU compiler took 16 to 79 minutes of one core of the
+    development machine for the paper configs' steps, docs/scaling.md), and the evaluators have programs of their
+    own; without a cache, every run resumed after a preemption and every `--mode=eval` compiles them all again. In the workdir
+    (local or gs://) the cache outlives the machines. JAX keys each entry by the program, the devices, the flags and
+    the versions, so a changed config or topology compiles afresh; only programs that took 1 s or more to compile
+    are kept (JAX's default).
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return None
+    return os.path.join(workdir, "jax_cache")
 
 
 def _config_arg(argv) -> Optional[str]:
