@@ -61,10 +61,10 @@ def compilation_cache_dir(workdir: str) -> Optional[str]:
 
     A paper config's train step takes long to compile (the TPU compiler took 16 to 79 minutes of one core of the
     development machine for the paper configs' steps, docs/scaling.md), and the evaluators have programs of their
-    own; without a cache, every run resumed after a preemption and every `--mode=eval` compiles them all again. In the workdir
-    (local or gs://) the cache outlives the machines. JAX keys each entry by the program, the devices, the flags and
-    the versions, so a changed config or topology compiles afresh; only programs that took 1 s or more to compile
-    are kept (JAX's default).
+    own; without a cache, every run resumed after a preemption and every `--mode=eval` compiles them all again. In
+    the workdir (local or gs://) the cache outlives the machines. JAX keys each entry by the program, the devices,
+    the flags and the versions, so a changed config or topology compiles afresh; only programs that took 1 s or
+    more to compile are kept (JAX's default).
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return None
