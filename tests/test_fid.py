@@ -74,6 +74,55 @@ def test_running_moments_equal_the_stacked_statistics():
         fid.Moments().stats()
 
 
+@pytest.mark.parametrize("count", [4, 6, 103])  # fewer rows than D = 6 (rows kept), exactly D, more (sums kept)
+def test_moments_factor_reproduces_the_covariance(count):
+    """`Moments.factor()` gives F with Fᵀ F = the covariance whichever form the moments are kept in (the centred
+    rows up to D rows, the sums past them). Bug this catches: a switch from rows to sums that drops or repeats
+    the batch that crosses D rows."""
+    rows = np.random.default_rng(count).normal(size=(count, 6)) * 3 + 10
+    moments = fid.Moments()
+    for chunk in np.array_split(rows, [1, 3, 5, 40]):
+        moments.add(chunk)
+    mean, factor, trace = moments.factor()
+    expected_mu, expected_sigma = fid.feature_stats(rows)
+    assert factor.shape == (count, 6) if count <= 6 else (6, 6)
+    np.testing.assert_allclose(mean, expected_mu, rtol=1e-12)
+    np.testing.assert_allclose(factor.T @ factor, expected_sigma, rtol=1e-9, atol=1e-10)
+    assert trace == pytest.approx(np.trace(expected_sigma), rel=1e-12)
+    np.testing.assert_allclose(moments.stats()[1], expected_sigma, rtol=1e-9, atol=1e-12)
+
+
+def _gram_frechet(samples, mu2, sigma2):
+    """FID of sample rows [N, D] against (mu2, sigma2), N < D, through the N × N Gram matrix A S2 Aᵀ of the
+    centred rows A / √(N − 1): it has the nonzero spectrum of S1 S2 (an independent route to the same number)."""
+    centred = (samples - samples.mean(0)) / np.sqrt(len(samples) - 1)
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(centred @ sigma2 @ centred.T), 0, None)).sum()
+    diff = samples.mean(0) - mu2
+    return diff @ diff + np.sum(centred**2) + np.trace(sigma2) - 2 * trace_sqrt
+
+
+@pytest.mark.parametrize("count", [5, 40, 300])  # in 64 dims: singular and full-rank sample covariances
+def test_fid_from_the_samples_factor(count):
+    """The evaluator scores samples from their `Moments.factor()` and the reference covariance's root. Full rank:
+    the same distance as `frechet_distance` (checked against scipy's sqrtm above). Fewer samples than
+    dimensions: the distance through the N × N Gram matrix, and 0 for samples scored against their own
+    statistics."""
+    rng = np.random.default_rng(count)
+    samples = rng.normal(size=(count, 64)) @ rng.normal(size=(64, 64))
+    mu2, sigma2 = _random_gaussian(rng, 64, 500)
+    moments = fid.Moments()
+    for chunk in np.array_split(samples, 3):
+        moments.add(chunk)
+    mu1, sigma1 = fid.feature_stats(samples)
+    from_factor = fid.frechet_from_factor(*moments.factor(), mu2, fid.psd_sqrt(sigma2), np.trace(sigma2))
+    if count < 64:
+        assert from_factor == pytest.approx(_gram_frechet(samples, mu2, sigma2), rel=1e-8)
+    else:
+        assert from_factor == pytest.approx(fid.frechet_distance(mu1, sigma1, mu2, sigma2), rel=1e-9)
+    itself = fid.frechet_from_factor(*moments.factor(), mu1, fid.psd_sqrt(sigma1), np.trace(sigma1))
+    assert abs(itself) < 1e-9 * np.trace(sigma1)
+
+
 # torch.randperm(10, generator=torch.Generator().manual_seed(s)).tolist() on CPU, as PyTorch prints it (the
 # official sampler's order of a split); seeds wrap at 32 bits there.
 TORCH_RANDPERM_10 = {
@@ -182,9 +231,11 @@ class ReplaySamples:
 
 
 @pytest.mark.slow  # 69 s cold on 2 cores (fast-tier budget)
-def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weights_file, tmp_path):
+def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weights_file, tmp_path, monkeypatch):
     """The evaluator takes its sampling function (big_vision's predict_fn): here one that replays the reference
-    split itself, read through the real image-folder pipeline."""
+    split itself, read through the real image-folder pipeline. Bug this also catches: the reference covariance's
+    square root recomputed for every score (two 2048² eigendecompositions and a 2048² SVD per score made FID
+    most of a paper config's evaluation time on CPU)."""
     data_cfg = _image_folder(tmp_path / "images")
     reference, _ = data.load_arrays(data_cfg, "train")
     replay = ReplaySamples(reference)
@@ -203,11 +254,18 @@ def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weigh
             assert int(cached["num_samples"]) == 5 and cached["sigma"].shape == (2048, 2048)
 
     rng = np.random.default_rng(6)
-    noise = ReplaySamples(rng.uniform(-1, 1, (6, 8, 8, 3)).astype(np.float32))
-    rerun = fid.FID(sample_fn=noise, **{**kwargs, "pipelines": ("rf",)})
+    noise = rng.uniform(-1, 1, (6, 8, 8, 3)).astype(np.float32)
+    rerun = fid.FID(sample_fn=ReplaySamples(noise), **{**kwargs, "pipelines": ("rf",)})
     rerun._reference_batches = lambda: pytest.fail("the cached reference statistics should have been reused")
+    roots, psd_sqrt = [], fid.psd_sqrt
+    monkeypatch.setattr(fid, "psd_sqrt", lambda sigma: roots.append(sigma.shape) or psd_sqrt(sigma))
     scores = dict(rerun.run(params=None, step=0))
     assert list(scores) == ["eval/fid_rf_euler"] and scores["eval/fid_rf_euler"] > 1e-2  # a positive distance
+    rerun.sample_fn = ReplaySamples(noise)  # a second evaluation of the same samples
+    assert dict(rerun.run(params=None, step=1)) == scores
+    # The reference covariance's root (a 2048² eigendecomposition) once for both evaluations; 5 samples are
+    # scored from their rows, with no root of their own.
+    assert roots == [(2048, 2048)]
 
 
 def test_fid_checks_its_arguments(weights_file, tmp_path):

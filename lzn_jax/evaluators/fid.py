@@ -51,33 +51,60 @@ def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Moments:
-    """Running mean and covariance of feature rows, in float64: memory D + D² numbers, whatever the row count.
+    """Running mean and covariance of feature rows [b, D] in float64, for any number of rows.
 
     `add(features [b, D])` any number of times, then `stats()` -> (mean [D], unbiased covariance [D, D]), equal
-    to `feature_stats` of all rows stacked (up to float64 round-off).
+    to `feature_stats` of all rows stacked (up to float64 round-off), or `factor()` -> (mean [D], F [K, D],
+    trace of the covariance) with Fᵀ F = the covariance. While at most D rows have come, the rows themselves are
+    kept (at most D² numbers, as many as the sums take) and F is the centred rows / √(N − 1), K = N: FID then
+    takes the singular values of an N × D product instead of two D × D eigendecompositions and a D × D SVD (the
+    official 256 px runs score 1 024 samples, D = 2 048). Past D rows only the sums are kept (D + D² numbers)
+    and F is the covariance's symmetric square root, K = D.
     """
 
     def __init__(self):
-        self.count, self.total, self.outer = 0, None, None
+        self.count, self.total, self.outer, self.rows = 0, None, None, []
 
     def add(self, features) -> None:
         features = np.asarray(features, np.float64)
+        self.count += len(features)
+        if self.rows is not None:
+            self.rows.append(features)
+            if self.count <= features.shape[1]:
+                return
+            features, self.rows = np.concatenate(self.rows), None  # more rows than dimensions: keep the sums
         if self.total is None:
             self.total, self.outer = np.zeros(features.shape[1]), np.zeros((features.shape[1],) * 2)
-        self.count += len(features)
         self.total += features.sum(axis=0)
         self.outer += features.T @ features
 
-    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+    def _check(self) -> None:
         if self.count < 2:
             raise ValueError(f"FID statistics need >= 2 feature rows, got {self.count}.")
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        self._check()
+        if self.rows is not None:
+            return feature_stats(np.concatenate(self.rows))
         mean = self.total / self.count
         return mean, (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
 
+    def factor(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(mean [D], F [K, D], trace of the covariance), Fᵀ F = the unbiased covariance (see the class)."""
+        self._check()
+        if self.rows is None:
+            mean, sigma = self.stats()
+            return mean, psd_sqrt(sigma), float(np.trace(sigma))
+        rows = np.concatenate(self.rows)
+        mean = rows.mean(axis=0)
+        centred = (rows - mean) / np.sqrt(self.count - 1)
+        return mean, centred, float(np.sum(centred**2))
 
-def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric PSD square root through an eigendecomposition (negative round-off eigenvalues -> 0)."""
-    eigvals, eigvecs = np.linalg.eigh(matrix)
+
+def psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance [D, D]: symmetrised, then through an eigendecomposition
+    (negative round-off eigenvalues -> 0)."""
+    eigvals, eigvecs = np.linalg.eigh((matrix + matrix.T) / 2)
     return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
 
 
@@ -97,10 +124,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
             f"frechet_distance needs mu [D] and sigma [D, D] for both Gaussians, got mu1 {mu1.shape}, "
             f"sigma1 {sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}."
         )
-    sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
-    trace_sqrt = np.linalg.svd(_psd_sqrt(sigma1) @ _psd_sqrt(sigma2), compute_uv=False).sum()
+    return frechet_from_factor(mu1, psd_sqrt(sigma1), np.trace(sigma1), mu2, psd_sqrt(sigma2), np.trace(sigma2))
+
+
+def frechet_from_factor(mu1, factor1, trace1, mu2, root2, trace2) -> float:
+    """`frechet_distance` from any factor F1 [K, D] of S1 (F1ᵀ F1 = S1, e.g. `Moments.factor`) and S2's symmetric
+    root [D, D] (`psd_sqrt`): Tr((S1 S2)^(1/2)) is the nuclear norm of F1 S2^(1/2) for every such F1, since
+    S2^(1/2) S1 S2^(1/2) has the spectrum of S1 S2. The evaluator keeps the reference's root across scores."""
+    trace_sqrt = np.linalg.svd(factor1 @ root2, compute_uv=False).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+    return float(diff @ diff + trace1 + trace2 - 2.0 * trace_sqrt)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,9 +295,10 @@ class FID:
 
     Host memory per process (`host_memory_bytes`): the reference pass (`common.ordered_split` for a subset:
     min(N · H·W·C · 4, max_host_bytes); tf.data batches for the whole split) or one batch of samples, whichever
-    is larger, plus running feature moments (2048 + 2048² float64 per pipeline and side) and the resized chunk
-    the Inception network takes (batch_size · 299² · 3 · 4 bytes, twice). Nothing grows with the number of
-    reference images or samples.
+    is larger, plus running feature moments (`Moments`: at most 2048 + 2048² float64 per pipeline and side, and
+    (2048 + batch_size) · 2048 more for the one batch that takes them past 2 048 rows), the reference covariance's
+    root (2048² float64 per pipeline) and the resized chunk the Inception network takes (batch_size · 299² · 3 · 4
+    bytes, twice). Nothing grows with the number of reference images or samples.
 
     Args: `sample_fn` (`predict.SampleFn`'s signature, with `num_classes`), `data_cfg` (config.data), `mesh` (the
     Inception pass is split over its data axis), `workdir`
@@ -307,6 +341,7 @@ class FID:
                                           mesh=mesh)  # fmt: skip
         self.cache_dir = os.fspath(workdir)
         self._reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._reference_root: dict[str, np.ndarray] = {}
 
     # -- the reference split --------------------------------------------------------------------------------
 
@@ -396,9 +431,16 @@ class FID:
 
     # -- samples ---------------------------------------------------------------------------------------------
 
-    def sample_stats(self, params, sampler: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """(mean, covariance) of the pool_3 features of `num_samples` images of `sampler`, per pipeline;
-        accumulated batch by batch (labels cycle through the classes)."""
+    def reference_root(self, pipeline: str) -> np.ndarray:
+        """The symmetric square root [D, D] of the reference covariance, computed once per pipeline: every score
+        of every sampler and every evaluation reuses it."""
+        if pipeline not in self._reference_root:
+            self._reference_root[pipeline] = psd_sqrt(self.reference_stats()[pipeline][1])
+        return self._reference_root[pipeline]
+
+    def sample_moments(self, params, sampler: str) -> dict[str, Moments]:
+        """Feature moments of `num_samples` images of `sampler` per pipeline, accumulated batch by batch (labels
+        cycle through the classes)."""
         base = jax.random.key(self.seed)
         labels = np.arange(self.batch_size) % self.sample_fn.num_classes
         moments = {p: Moments() for p in self.pipelines}
@@ -411,13 +453,17 @@ class FID:
             done += len(images)
             for p in self.pipelines:
                 moments[p].add(self.features(images, p))
-        return {p: m.stats() for p, m in moments.items()}
+        return moments
 
     def scores(self, params, sampler: str) -> dict[str, float]:
         """{pipeline: FID} of `sampler`'s images against the reference split."""
         reference = self.reference_stats()
-        generated = self.sample_stats(params, sampler)
-        return {p: frechet_distance(*generated[p], *reference[p]) for p in self.pipelines}
+        generated = self.sample_moments(params, sampler)
+        out = {}
+        for p in self.pipelines:
+            mu, sigma = reference[p]
+            out[p] = frechet_from_factor(*generated[p].factor(), mu, self.reference_root(p), np.trace(sigma))
+        return out
 
     def run(self, params, step) -> Iterator[tuple[str, float]]:
         del step  # every evaluation samples with the same keys
@@ -432,7 +478,8 @@ class FID:
             reference_pass = common.pipeline_bytes(self.data_cfg, self.batch_size)
         else:
             reference_pass = min(self.num_reference_samples * image, max(self.max_host_bytes, self.batch_size * image))
-        moments = 2 * len(self.pipelines) * 8 * (inception.FEATURE_DIM + inception.FEATURE_DIM**2)
+        dim = inception.FEATURE_DIM
+        moments = len(self.pipelines) * 8 * (2 * (dim + dim**2) + dim**2) + 8 * (dim + self.batch_size) * dim
         resized = 2 * self.batch_size * _SIZE * _SIZE * 3 * 4
         return max(reference_pass, self.batch_size * image) + moments + resized
 
