@@ -2,7 +2,8 @@ r"""Case study 1 on scikit-learn's digits: unconditional rectified-flow generati
 
     python -m lzn_jax.main --config=configs/digits_gen.py --workdir=workdirs/digits_gen
 
-The plain rectified-flow baseline: `--config.encoder.name=''`.
+The plain rectified-flow baseline (no encoder, so no reconstructions):
+`--config.encoder.name='' --config.evals.reconstruction.every_steps=-1`.
 """
 
 import ml_collections

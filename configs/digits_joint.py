@@ -5,7 +5,9 @@ zones the image latents must reach (Euler, 100 steps, class weights). The README
 
     python -m lzn_jax.main --config=configs/digits_joint.py --workdir=workdirs/digits_joint
 
-The plain rectified-flow baseline (no encoder, no labels): `--config.conditional=False --config.encoder.name=''`.
+The plain rectified-flow baseline (no encoder, no labels, so neither class nor sample accuracy):
+`--config.conditional=False --config.encoder.name='' --config.evals.class_accuracy.every_steps=-1
+--config.evals.sample_accuracy.every_steps=-1`.
 """
 
 import ml_collections

@@ -6,7 +6,8 @@ from a latent drawn from N(0, I).
     python -m lzn_jax.main --config=configs/gen_cifar10.py --workdir=gs://BUCKET/lzn/gen_cifar10 \
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
-Paper: FID 2.59 (RF baseline 2.76). The RF baseline: `--config.encoder.name=''`.
+Paper: FID 2.59 (RF baseline 2.76). The RF baseline (no encoder, so no reconstructions):
+`--config.encoder.name='' --config.evals.reconstruction.every_steps=-1`.
 """
 
 from configs import common

@@ -43,7 +43,14 @@ def manager(directory: str, *, max_to_keep: int = 3, read_only: bool = False) ->
 
 
 def save(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> None:
-    mngr.save(step, args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()}))
+    """Starts an asynchronous save of `items` as step `step`; raises if Orbax declines it (it declines a step at
+    or below its newest, which would otherwise leave the run without the checkpoint it reports)."""
+    args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
+    if not mngr.save(step, args=args):
+        raise RuntimeError(
+            f"Orbax declined to save step {step} in {mngr.directory} (its steps: {mngr.all_steps()}); a step at or "
+            "below the newest checkpoint cannot be saved."
+        )
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) -> Optional[tuple[int, dict]]:
@@ -55,7 +62,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) 
       the Adam state, ...) raises CheckpointMismatchError listing the arrays that differ, without falling back:
       the config differs, and an older checkpoint of the same run would differ the same way;
     - a checkpoint that fits but fails to read (damaged files; tried twice, so a transient storage error is not
-      taken for damage) is skipped with a warning saying so, falling back to the previous one;
+      taken for damage) is skipped with a warning saying so, falling back to the previous one; once one restores,
+      the damaged newer ones are renamed `<step>.damaged` (`_set_aside`), so the resumed run saves those steps
+      again (Orbax saves no step at or below its newest: the run would otherwise end on its damaged checkpoint);
     - when every checkpoint fails to read, CheckpointRestoreError names each step tried and why it failed.
     """
     failures = []
@@ -72,6 +81,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) 
             continue
         if failures:
             logging.warning("Resumed from step %d, past %d damaged newer checkpoint(s).", step, len(failures))
+            _set_aside(mngr, [s for s in mngr.all_steps() if s > step])
         return step, items
     if failures:
         raise CheckpointRestoreError(
@@ -80,6 +90,25 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) 
             "damaged checkpoints away; a fresh --workdir starts a new run."
         )
     return None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Renames each step's directory to `<step>.damaged` (a name Orbax lists as no step; kept for inspection).
+    Process 0 renames (Orbax's paths: local or gs://); every process waits for it and re-lists the steps."""
+    if jax.process_index() == 0:
+        for step in steps:
+            target = mngr.directory / f"{step}.damaged"
+            for n in range(1, 1000):  # an earlier set-aside copy of the same step stays as it is
+                if not target.exists():
+                    break
+                target = mngr.directory / f"{step}.damaged.{n}"
+            (mngr.directory / str(step)).rename(target)
+            logging.warning("Set the damaged checkpoint aside as %s; this run saves step %d again.", target, step)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("lzn_jax: damaged checkpoints set aside")
+    mngr.reload()
 
 
 def _restore_twice(mngr, step, abstract_items):

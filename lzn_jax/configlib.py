@@ -158,7 +158,8 @@ def check(config: ml_collections.ConfigDict, *, evals: bool = True) -> None:
 
     if config.task not in tasks.names():
         raise ValueError(f"config.task={config.task!r} is not a task; use one of {tasks.names()}.")
-    _positive(config, ("batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps", "latent_dim"))
+    _positive(config, ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
+                       "keep_checkpoints", "max_consecutive_skips", "latent_dim"))  # fmt: skip
     if config.zoning.solver not in ("euler", "dpm_solver++") or config.zoning.label_solver not in ("euler", "dpm_solver++"):
         raise ValueError("config.zoning.solver and label_solver must be 'euler' or 'dpm_solver++'.")
     if not 0.0 <= config.zoning.cutoff < 1.0:
@@ -173,11 +174,16 @@ def check(config: ml_collections.ConfigDict, *, evals: bool = True) -> None:
 
 def _check_evals(config) -> None:
     """Each `config.evals` entry names an evaluator, sets only its keyword arguments, each of its default's kind,
-    and the files an enabled evaluator reads exist: a typo fails here, not after the first training steps.
+    an enabled evaluator's task has the prediction functions it is built from, and the files it reads exist: a
+    typo, or an evaluator the composition cannot serve (a reconstruction without an encoder), fails here, not
+    after the state is built and the first training steps ran.
 
-    The valid keys come from the evaluator classes' signatures (`evaluators.spec_keys`).
+    The valid keys come from the evaluator classes' signatures (`evaluators.spec_keys`, `evaluators.needs`).
     """
-    from lzn_jax import evaluators  # deferred: the evaluators import data pipelines and models
+    from lzn_jax import evaluators, tasks  # deferred: the evaluators import data pipelines and models
+    from lzn_jax.evaluators import predict
+
+    task = None
 
     for name, spec in config.evals.items():
         where = f"config.evals.{name}"
@@ -204,6 +210,12 @@ def _check_evals(config) -> None:
             raise ValueError(f"{where}: the {kind!r} evaluator needs {', '.join(missing)}.")
         if every != -1:
             _check_files(where, kind, {**keys, **spec}, evaluators.FILE_ARGUMENTS.get(kind, ()))
+            task = task or tasks.build(config)  # a description of the composition: no network is initialised
+            for fn_name in evaluators.needs(kind):
+                try:
+                    predict.check(fn_name, task, who=f"{where} ({kind!r})")
+                except ValueError as error:
+                    raise ValueError(f"{error} Switch it off with {where}.every_steps=-1.") from None
 
 
 def _check_files(where: str, kind: str, settings: dict, file_keys: Iterable[str]) -> None:

@@ -250,6 +250,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
         process_index=jax.process_index(), process_count=jax.process_count(),
     )  # fmt: skip
     evals = _evaluators(run, writer)
+    if run.start_step >= config.num_train_steps:
+        logging.warning(
+            "The newest checkpoint is at step %d and num_train_steps=%d: nothing to train. --mode=eval evaluates it; "
+            "a larger --config.num_train_steps trains on.", run.start_step, config.num_train_steps,
+        )  # fmt: skip
     report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
     skip_check_every = max(1, min(config.log_every_steps, config.max_consecutive_skips))
     state, averager, step_fn = run.state, _MetricAverager(), None  # step_fn: compiled for the first batch
@@ -269,18 +274,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
                     "or check the data."
                 )
             final = step == config.num_train_steps
-            scalars = {}
             if step % config.log_every_steps == 0 or final:
-                scalars.update(averager.result())
-                scalars["train/skipped_steps"] = int(state.skipped_steps)
+                writer.write_scalars(step, averager.result() | {"train/skipped_steps": int(state.skipped_steps)})
                 averager = _MetricAverager()
-            due = [e for e in evals if final or (e.every_steps > 0 and step % e.every_steps == 0)]
-            if due:
-                scalars.update(_run_evals(run, due, state, step))
-            if scalars:
-                writer.write_scalars(step, scalars)
+            # Saved before the evaluations: one that fails, or a preemption during a long one (FID), loses no
+            # training; a run resumed from this step evaluates at the next due step (or run --mode=eval).
             if step % config.checkpoint_every_steps == 0 or final:
                 _save(run, state, step)
+            due = [e for e in evals if final or (e.every_steps > 0 and step % e.every_steps == 0)]
+            if due:
+                writer.write_scalars(step, _run_evals(run, due, state, step))
             if not final and stop.reached(run.manager, step):
                 _save(run, state, step)
                 writer.flush()

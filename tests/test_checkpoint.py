@@ -95,6 +95,34 @@ def damage(step_dir, item="params", name=None):
                     f.write(b"not a checkpoint")
 
 
+def test_damaged_newer_checkpoints_are_set_aside_so_the_resumed_run_saves_those_steps_again(tmp_path, caplog):
+    """The bug: after falling back past a damaged step N, the resumed run could never save step N again (Orbax
+    saves no step at or below its newest, and the loop skipped steps already listed), so every rerun trained to
+    the end, reported success and left the damaged checkpoint as the run's last."""
+    directory = saved(tmp_path, 1.0, 2.0, 3.0)
+    damage(directory / "2")
+    damage(directory / "3")
+    mngr = checkpoint.manager(str(directory))
+    with caplog.at_level(logging.WARNING):
+        step, _ = checkpoint.restore_latest(mngr, abstract(items()))
+    assert step == 1 and mngr.all_steps() == [1]
+    assert (directory / "2.damaged").is_dir() and (directory / "3.damaged").is_dir()  # kept for inspection
+    assert "saves step 3 again" in caplog.text
+    checkpoint.save(mngr, 2, items(5.0))
+    mngr.wait_until_finished()
+    step, restored = checkpoint.restore_latest(checkpoint.manager(str(directory)), abstract(items()))
+    assert step == 2
+    np.testing.assert_array_equal(restored["params"]["decoder"]["bias"], 5.0)
+
+
+def test_a_save_orbax_declines_raises_instead_of_passing_silently(tmp_path):
+    """Orbax's save returns False for a step at or below its newest; a run would then report a checkpoint it
+    never wrote."""
+    mngr = checkpoint.manager(str(saved(tmp_path, 1.0, 2.0)))
+    with pytest.raises(RuntimeError, match="declined to save step 1"):
+        checkpoint.save(mngr, 1, items(3.0))
+
+
 def test_when_every_checkpoint_is_damaged_one_error_names_each_step_and_why(tmp_path, caplog):
     """The bug: restore_latest skipped every unreadable checkpoint and returned None, so training silently started
     again from step 0 over a directory of checkpoints."""

@@ -34,6 +34,12 @@ def test_override_names_the_nearest_key():
     [
         ({"task": "segmentation"}, "config.task='segmentation'"),
         ({"batch_size": 0}, "config.batch_size must be a positive integer"),
+        # Each of these was accepted: 0 kept no checkpoint at all (Orbax's LatestN(0) deletes every save, and the
+        # run ended "successfully" with none), 0 evaluation rows divided by zero after training, 0 skips stopped
+        # the run at its first step with a nonsense message.
+        ({"keep_checkpoints": 0}, "config.keep_checkpoints must be a positive integer"),
+        ({"eval_batch_size": 0}, "config.eval_batch_size must be a positive integer"),
+        ({"max_consecutive_skips": 0}, "config.max_consecutive_skips must be a positive integer"),
         ({"zoning.cutoff": 1.5}, "cutoff"),
         ({"zoning.solver": "rk4"}, "solver"),
         ({"ema.encoder": 1.5}, "config.ema.encoder"),
@@ -60,8 +66,9 @@ def test_unknown_top_level_key_is_rejected():
         configlib.check(config)
 
 
-def with_evals(**evals):
+def with_evals(encoder="", **evals):
     config = generation_config()
+    config.encoder.name = encoder
     config.evals = ml_collections.ConfigDict(evals)
     return config
 
@@ -94,11 +101,24 @@ def test_good_evaluator_settings_pass(tmp_path):
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"")
     configlib.check(with_evals(
+        encoder="ncsnpp_encoder",  # reconstruction needs one
         samples={"every_steps": 5, "per_class": 2, "samplers": ["euler"]},  # a list where the default is a tuple
         strip={"kind": "reconstruction", "num": 8, "repeats": 1},
         fid={"every_steps": 10, "inception_weights": str(weights), "batch_size": 64},  # default None: any value
         fid_off={"kind": "fid", "every_steps": -1},  # switched off: its weights need not exist
     ))  # fmt: skip
+
+
+def test_an_evaluator_the_composition_cannot_serve_fails_in_check():
+    """The bug: an enabled evaluator whose prediction function the task lacks (a reconstruction without an image
+    encoder, class accuracy without labels) failed when the evaluators were built, after setup had built and
+    initialised the state and written the workdir."""
+    with pytest.raises(ValueError, match=r"config\.evals\.strip \('reconstruction'\) needs an image encoder .* "
+                       r"Switch it off with config\.evals\.strip\.every_steps=-1"):  # fmt: skip
+        configlib.check(with_evals(strip={"kind": "reconstruction"}))
+    with pytest.raises(ValueError, match=r"'sample_accuracy'\) needs a label-conditional image decoder"):
+        configlib.check(with_evals(sample_accuracy={"per_class": 2}))
+    configlib.check(with_evals(strip={"kind": "reconstruction", "every_steps": -1}))  # switched off: fine
 
 
 def test_evaluator_keys_come_from_the_class_signatures(monkeypatch):

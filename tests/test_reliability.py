@@ -315,6 +315,8 @@ def test_an_unreadable_latest_checkpoint_is_named_and_the_previous_one_restored(
         run = train.setup(tiny_config(), str(workdir))
     assert run.start_step == STEPS - CHECKPOINT_EVERY
     assert any(str(workdir / "checkpoints" / str(STEPS)) in r.getMessage() for r in caplog.records), caplog.text
+    # Set aside, so that this run saves step STEPS again (tests/test_checkpoint.py).
+    assert (workdir / "checkpoints" / f"{STEPS}.damaged").is_dir() and STEPS not in run.manager.all_steps()
     previous = saved_items(reference, STEPS - CHECKPOINT_EVERY)
     assert_same_arrays(jax.tree.map(np.asarray, run.state.params), previous["params"], "params")
 

@@ -5,7 +5,7 @@ every_steps = -1 switches an evaluator off (e.g. FID until its Inception weights
 
 Evaluators are built from the functions they need, as big_vision's `Evaluator(predict_fn, **cfg)`: an
 evaluator's constructor names, among its keyword arguments, the prediction functions it calls (`embed_fn`,
-`sample_fn`, `classify_fn`, `reconstruct_fn`: `predict.NEEDS`) and the run's context it reads (`CONTEXT`:
+`sample_fn`, `conditional_sample_fn`, `classify_fn`, `reconstruct_fn`: `predict.NEEDS`) and the run's context it reads (`CONTEXT`:
 `data_cfg`, `mesh`, `workdir`, `writer`, `eval_batch_size`); `build` passes exactly those, the functions made
 by `predict.make` from the run's task and mesh, and the spec's settings as the other keyword arguments. No
 evaluator sees the task or the config. Every evaluator has `name`, `every_steps` and
@@ -73,6 +73,13 @@ def spec_keys(kind: str) -> dict:
         elif parameter.name not in passed_by_build and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
             keys[parameter.name] = parameter.default
     return keys
+
+
+def needs(kind: str) -> list[str]:
+    """The prediction functions (`predict.NEEDS` keys) the evaluator `kind` is built from, by its signature."""
+    from lzn_jax.evaluators import predict
+
+    return [parameter for parameter in inspect.signature(_class(kind)).parameters if parameter in predict.NEEDS]
 
 
 def build(name: str, spec, *, task, config, workdir, mesh, writer):

@@ -108,8 +108,9 @@ class SampleClassifierAccuracy:
     held for the run, plus the samples; above `max_host_bytes` the evaluator is refused when it is built.
     """
 
-    def __init__(self, *, sample_fn, data_cfg, sampler="euler", per_class=50, seed=0, num_epochs=100, batch_size=64,
-                 lr=1e-3, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES):  # fmt: skip
+    def __init__(self, *, conditional_sample_fn, data_cfg, sampler="euler", per_class=50, seed=0, num_epochs=100,
+                 batch_size=64, lr=1e-3, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES):  # fmt: skip
+        sample_fn = conditional_sample_fn
         if not sample_fn.conditional:
             raise ValueError("sample_accuracy needs a label-conditional generation task.")
         self.sample_fn, self.sampler, self.seed, self.data_cfg = sample_fn, sampler, seed, data_cfg

@@ -24,19 +24,25 @@ from lzn_jax.tasks import protocol
 NEEDS = {
     "embed_fn": ((protocol.EMBEDS,), "an image encoder (config.task representation or simclr)"),
     "sample_fn": ((protocol.GENERATES,), "an image decoder (config.task generation)"),
+    "conditional_sample_fn": ((protocol.GENERATES, protocol.CLASSIFIES), "a label-conditional image decoder (config.conditional=True)"),
     "classify_fn": ((protocol.CLASSIFIES, protocol.ZONES), "an image encoder and label anchors (a conditional generation task)"),
     "reconstruct_fn": ((protocol.GENERATES, protocol.ZONES, protocol.INVERTS), "an image encoder and an image decoder"),
 }  # fmt: skip
 
 
-def make(fn_name: str, task, mesh, *, who: str):
-    """The prediction function `fn_name` (a key of NEEDS) of `task` on `mesh`; ValueError naming `who` (the
-    evaluator asking) and what the task lacks when it cannot provide it."""
+def check(fn_name: str, task, *, who: str) -> None:
+    """ValueError naming `who` (the evaluator asking) and what `task` lacks when it cannot provide the prediction
+    function `fn_name` (a key of NEEDS). Needs no network: `configlib.check` calls it before anything is built."""
     capabilities, what = NEEDS[fn_name]
     protocol.require(task, *capabilities, message=f"{who} needs {what}; config.task={type(task).__name__} has "
                      f"capabilities {sorted(task.capabilities)}.")  # fmt: skip
-    return {"embed_fn": EmbedFn, "sample_fn": SampleFn, "classify_fn": ClassifyFn, "reconstruct_fn": ReconstructFn}[
-        fn_name](task, mesh)
+
+
+def make(fn_name: str, task, mesh, *, who: str):
+    """The prediction function `fn_name` (a key of NEEDS) of `task` on `mesh` (after `check`)."""
+    check(fn_name, task, who=who)
+    return {"embed_fn": EmbedFn, "sample_fn": SampleFn, "conditional_sample_fn": SampleFn, "classify_fn": ClassifyFn,
+            "reconstruct_fn": ReconstructFn}[fn_name](task, mesh)  # fmt: skip
 
 
 class EmbedFn:
