@@ -88,12 +88,43 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.path = ""  # restore params/EMA from this checkpoint dir (e.g. from lzn_jax.convert) at start
+    # Dotted keys (or sections) this run may change from the run whose checkpoints it resumes; see resume_changes.
+    c.checkpoint.allow_changes = ()
 
     c.dtype = "float32"  # compute dtype of the networks (bfloat16 on TPU); params stay float32
     # Matmul/conv precision of the networks: "highest" = float32 products, as the official run; "default" lets
     # TPUs use one bfloat16 pass per product (faster, ~3 significant digits). See docs/scaling.md.
     c.precision = "highest"
     return c
+
+
+# Keys (and sections) a resumed run may change without changing what it trains: schedules, evaluations, devices.
+RESUME_SAFE = (
+    "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "max_consecutive_skips", "evals", "eval_batch_size", "eval_use_ema", "mesh", "checkpoint", "zoning.block_size",
+    "data.data_dir", "data.autotune", "data.test_split", "data.eval_crop_fraction",
+)  # fmt: skip
+
+
+def resume_changes(stored_json: str, config: ml_collections.ConfigDict) -> list[str]:
+    """`key: stored -> now` for each setting `config` changes from the stored config.json of the run it resumes,
+    other than RESUME_SAFE and `config.checkpoint.allow_changes` (keys or sections). Keys only one side has
+    (a config written by another version) are not compared."""
+    stored, now = _flat(json.loads(stored_json)), _flat(json.loads(config.to_json_best_effort()))
+    allowed = RESUME_SAFE + tuple(config.checkpoint.allow_changes)
+    covered = lambda key: any(key == a or key.startswith(a + ".") for a in allowed)  # noqa: E731
+    return [f"{key}: {stored[key]!r} -> {now[key]!r}" for key in sorted(set(stored) & set(now))
+            if stored[key] != now[key] and not covered(key)]  # fmt: skip
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def link_num_classes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -108,8 +108,11 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Built:
     return Built(task, optimizer, init, abstract_state, shardings)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Validates everything, builds mesh/task/state and restores the newest checkpoint (or checkpoint.path)."""
+def setup(config: ml_collections.ConfigDict, workdir: str, *, resuming: bool = True) -> Run:
+    """Validates everything, builds mesh/task/state and restores the newest checkpoint (or checkpoint.path).
+
+    resuming: training goes on from the checkpoints, so `config` must train what the run that wrote them trained
+    (`check_resume`); False for `evaluate`, which only reads them."""
     configlib.check(config)
     check_workdir(workdir)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
@@ -119,6 +122,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     task, optimizer, shardings = built.task, built.optimizer, built.shardings
     target = _abstract_items(built.abstract_state, shardings, mesh)
     manager = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    if resuming and manager.all_steps():
+        check_resume(config, workdir)
     start = time.perf_counter()
     restored = _restore_latest(config, mesh, manager, target)
     if restored is not None:
@@ -132,6 +137,30 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             state = state.replace(params=loaded["params"], ema_params=loaded["ema_params"])
             logging.info("Loaded params and EMA params from %s.", config.checkpoint.path)
     return Run(config, workdir, mesh, task, optimizer, state, shardings, manager, int(state.step))
+
+
+class ResumeConfigError(ValueError):
+    """The config of a resumed run changes what the run trains (see `check_resume`)."""
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Before restoring: a run resumed from `workdir`'s checkpoints keeps the settings that shape training (seed,
+    data, model, losses, optimizer; `configlib.resume_changes`); schedules, evaluators and the mesh may change.
+    A run that resumed with another learning rate, seed or dataset would mix two experiments under one name."""
+    path = os.path.join(workdir, "config.json")
+    fs = files.gfile()
+    if not fs.exists(path):
+        return
+    with fs.GFile(path) as f:
+        changes = configlib.resume_changes(f.read(), config)
+    if changes:
+        flags = " ".join(f"--config.checkpoint.allow_changes={c.split(':')[0]}" for c in changes)
+        raise ResumeConfigError(
+            f"--workdir={workdir} holds checkpoints of a run with other settings ({len(changes)} differ):\n  "
+            + "\n  ".join(changes) + "\nResume with the settings of its config.json; or start a new --workdir from "
+            f"these weights with --config.checkpoint.path={os.path.join(workdir, 'checkpoints')}; or, to change them "
+            f"on purpose, {flags}"
+        )
 
 
 def _restore_latest(config, mesh, manager, target: dict):
@@ -393,7 +422,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     """Runs every evaluator in config.evals once on the newest checkpoint (or checkpoint.path)."""
     from lzn_jax import writers
 
-    run = setup(config, workdir)
+    run = setup(config, workdir, resuming=False)
     if run.start_step == 0 and not config.checkpoint.path:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints and no config.checkpoint.path: nothing to evaluate.")
     writer = writers.create(workdir)

@@ -152,3 +152,20 @@ def test_num_classes_that_disagree_are_refused_with_both_keys():
     unlinked.data.num_classes = 1
     with pytest.raises(ValueError, match=r"config.num_classes=10 but config.data.num_classes=1: they are one fact"):
         configlib.check(unlinked)
+
+
+def test_resume_changes_name_the_settings_that_change_what_is_trained():
+    stored = generation_config()
+    stored_json = stored.to_json_best_effort()
+    now = generation_config()
+    now.seed, now.optim.lr.decoder, now.data.image_size = 3, 2e-4, 32  # change what is trained
+    now.num_train_steps, now.mesh.fsdp, now.eval_batch_size = 5000, True, 64  # schedule, layout, evaluation
+    now.evals = ml_collections.ConfigDict({"samples": {"every_steps": 10}})
+    assert configlib.resume_changes(stored_json, now) == [
+        "data.image_size: 16 -> 32", "optim.lr.decoder: 0.0001 -> 0.0002", "seed: 0 -> 3"]  # fmt: skip
+    now.checkpoint.allow_changes = ("optim.lr", "seed")  # sections or keys, changed on purpose
+    assert configlib.resume_changes(stored_json, now) == ["data.image_size: 16 -> 32"]
+    older = json.loads(stored_json)
+    del older["precision"]  # a key a config.json of another version lacks is not compared
+    now.precision = "default"
+    assert configlib.resume_changes(json.dumps(older), now) == ["data.image_size: 16 -> 32"]

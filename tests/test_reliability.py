@@ -322,9 +322,26 @@ def test_an_unreadable_latest_checkpoint_is_named_and_the_previous_one_restored(
 
 
 @pytest.mark.slow
+def test_resuming_with_settings_that_change_what_is_trained_is_refused_before_restoring(reference, tmp_path):
+    """The bug: only array shapes were compared, so resuming a workdir with another seed, learning rate or dataset
+    (or another task whose arrays happen to match) went on silently, mixing two experiments under one name."""
+    workdir = copy_of(reference, tmp_path)
+    with pytest.raises(train.ResumeConfigError) as info:
+        train.setup(tiny_config(seed=1, **{"optim.lr.encoder": 3e-4, "num_train_steps": 99}), str(workdir))
+    message = str(info.value)
+    assert "seed: 0 -> 1" in message and "optim.lr.encoder: " in message and "num_train_steps" not in message
+    assert f"--config.checkpoint.path={workdir / 'checkpoints'}" in message
+    assert "--config.checkpoint.allow_changes=optim.lr.encoder --config.checkpoint.allow_changes=seed" in message
+    run = train.setup(tiny_config(seed=1, **{"checkpoint.allow_changes": ("seed", "optim.lr")}), str(workdir))
+    assert run.start_step == STEPS  # changed on purpose: resumed
+
+
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused_with_the_arrays_that_differ(reference, tmp_path):
+    workdir = copy_of(reference, tmp_path)
+    (workdir / "config.json").unlink()  # no settings to compare (e.g. a checkpoint copied alone): the arrays are
     with pytest.raises(checkpoint.CheckpointMismatchError) as info:
-        train.setup(tiny_config(latent_dim=16), str(copy_of(reference, tmp_path)))
+        train.setup(tiny_config(latent_dim=16), str(workdir))
     message = str(info.value)
     assert "params/label_anchors/anchors: shape (10, 32) in the checkpoint, (10, 16) in the model" in message
     assert "ema_params/encoder/" in message and "Use the config the checkpoint was trained with" in message
