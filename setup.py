@@ -16,7 +16,8 @@ RUNTIME = [
     "diffrax>=0.6",  # adaptive Dopri5 (RK45) sampling on device, as the official RK45 sampler
     "absl-py",
     "numpy>=1.26",
-    "scipy>=1.11",  # float64 matrix square root for the Frechet distance
+    "scipy>=1.11",  # the tests' independent references (sqrtm for FID, RK45); scikit-learn needs it too
+    "etils[epath]>=1.5",  # Orbax's path library: api.load and config.checkpoint.path read local and gs:// alike
     "scikit-learn>=1.3",  # bundled `digits` data: the CPU default that needs no download
     "pillow>=10",  # PNG sample grids and clean-fid style resizing
     "tqdm>=4.60",  # python -m lzn_jax.embed's progress bar

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from lzn_jax import checkpoint, configlib, data, tasks, zoning
 
@@ -88,7 +89,7 @@ class LZN:
                     f"`{name}` has values in [{low:g}, {high:g}], but the model takes images in [-1, 1]. "
                     "Use x / 127.5 - 1 for [0, 255] data."
                 )
-        return jnp.asarray(images, jnp.float32)
+        return _on_auto_axes(jnp.asarray(images, jnp.float32))
 
     def _labels(self, labels) -> jax.Array:
         if getattr(labels, "ndim", None) != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -186,10 +187,15 @@ class LZN:
             if labels is None:
                 raise ValueError("This model is label-conditional: pass labels [B] (ints in [0, num_classes)).")
             labels = self._labels(labels)
+            if num is not None and num != labels.shape[0]:
+                raise ValueError(f"`num`={num!r} but {labels.shape[0]} labels: a conditional model makes one image "
+                                 "per label (leave `num` out).")  # fmt: skip
             images = self._compiled("sample")(params, key, labels, num=num, sampler=sampler)
             # Traced labels are not range-checked: one outside [0, num_classes) gives a NaN image, not a clamped class.
             valid = (labels >= 0) & (labels < self.task.num_classes)
             return jnp.where(valid[:, None, None, None], images, jnp.nan)
+        if labels is not None:
+            raise ValueError("This model is not label-conditional: pass `num` (how many images), not `labels`.")
         if num is None:
             raise ValueError("Pass `num` (how many images) for an unconditional model.")
         if not isinstance(num, (int, np.integer)) or isinstance(num, bool) or num < 1:
@@ -197,14 +203,28 @@ class LZN:
         return self._compiled("sample")(params, key, labels, num=num, sampler=sampler)
 
     def reconstruct(self, params, images, *, key, labels=None, context=None, sampler: str = "euler") -> jax.Array:
-        """Image → latent → initial noise (decoder ODE backwards) → image again: [B, H, W, C]."""
+        """Image → latent → initial noise (decoder ODE backwards) → image again: [B, H, W, C].
+
+        labels: for a label-conditional model, the labels [B] the decoder is given (checked as `generate`'s; under
+        jit an out-of-range one gives a NaN image); None: the labels `classify` reads from the latents.
+        """
         self._need("reconstruct (it needs an image encoder and a decoder)", tasks.ZONES, tasks.GENERATES, tasks.INVERTS)
         images = self._images(images)
+        if labels is not None:
+            if not self.task.conditional:
+                raise ValueError("This model is not label-conditional: reconstruct takes no `labels`.")
+            labels = self._labels(labels)
+            if labels.shape[0] != images.shape[0]:
+                raise ValueError(f"`labels` has {labels.shape[0]} labels for {images.shape[0]} images.")
         lat = self.latents(params, images, key=key, context=context)
         if tasks.can(self.task, tasks.CLASSIFIES) and labels is None:
             labels = self._compiled("classify_latents")(params, lat)
         noise = self._compiled("invert")(params, images, lat, labels, sampler=sampler)
-        return self._compiled("decode")(params, noise, lat, labels, sampler=sampler)
+        out = self._compiled("decode")(params, noise, lat, labels, sampler=sampler)
+        if labels is None:
+            return out
+        valid = (labels >= 0) & (labels < self.task.num_classes)  # traced labels are not range-checked
+        return jnp.where(valid[:, None, None, None], out, jnp.nan)
 
     def interpolate(self, params, a, b, steps: int, *, key, context=None, sampler: str = "euler") -> jax.Array:
         """Images along the spherical path between the latents of image a and image b: [steps, H, W, C].
@@ -253,22 +273,22 @@ def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.
     so that images sharded over that mesh are encoded where they lie. The mesh's axes are used as
     `AxisType.Auto` (sharding propagated by the compiler), so no `jax.set_mesh` is needed around the calls.
     """
-    if not os.path.isdir(workdir):
+    workdir = os.fspath(workdir)
+    if not epath.Path(workdir).is_dir():  # local or gs:// (Orbax's own path library)
         raise FileNotFoundError(f"The directory {workdir!r} does not exist: pass the --workdir of a training run "
                                 "(or the --out of lzn_jax.convert, with its config).")  # fmt: skip
     if config is None:
-        path = os.path.join(workdir, "config.json")
-        if not os.path.exists(path):
+        path = epath.Path(workdir) / "config.json"
+        if not path.exists():
             raise FileNotFoundError(f"{workdir!r} has no config.json (it is not a --workdir of lzn_jax.main): pass "
                                     "the config the checkpoint was made with, api.load(directory, config=...).")  # fmt: skip
-        with open(path, encoding="utf-8") as f:
-            config = configlib.from_json(f.read())
+        config = configlib.from_json(path.read_text())
     lzn = LZN.from_config(config)
     abstract = jax.eval_shape(lzn.task.init, jax.random.key(0), data.batch_spec(config.data, 2))
     sharding = _params_sharding(mesh)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
     directory = os.path.join(workdir, "checkpoints")
-    directory = directory if os.path.isdir(directory) else workdir
+    directory = directory if epath.Path(directory).is_dir() else workdir
     with _quiet_orbax():
         items = checkpoint.restore_params(directory, {"params": target, "ema_params": target})
     return lzn, items["ema_params" if use_ema else "params"]
@@ -292,8 +312,24 @@ def _params_sharding(mesh) -> jax.sharding.Sharding:
     Explicit axes (the train mesh) would put an AbstractMesh into every eager vmap/grad over the params, which
     then fails with "Passing lowering_platforms ... is required when only AbstractMesh exists".
     """
-    if mesh is None:
-        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    if mesh is None:  # this process's first device: jax.devices()[0] belongs to process 0 alone
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.sharding.NamedSharding(_auto_mesh(mesh), jax.sharding.PartitionSpec())
+
+
+def _auto_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """`mesh` with every axis `AxisType.Auto`."""
     auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
-    return jax.sharding.NamedSharding(jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto),
-                                      jax.sharding.PartitionSpec())  # fmt: skip
+    return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+
+
+def _on_auto_axes(x: jax.Array) -> jax.Array:
+    """An array laid out over a mesh with Explicit axes (what `jax.make_mesh` makes by default) -> the same layout
+    over the same devices with Auto axes, as `load(mesh=...)` places the params: JAX refuses to mix the two
+    meshes in one call ("Mesh for all inputs should be equal"). Traced values pass unchanged."""
+    sharding = getattr(x, "sharding", None)
+    if not zoning.concrete(x) or not isinstance(sharding, jax.sharding.NamedSharding):
+        return x
+    if all(t == jax.sharding.AxisType.Auto for t in sharding.mesh.axis_types):
+        return x
+    return jax.device_put(x, jax.sharding.NamedSharding(_auto_mesh(sharding.mesh), sharding.spec))

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 ITEMS = ("params", "ema_params", "opt_state", "meta")
 PARAM_ITEMS = ("params", "ema_params")
@@ -128,7 +129,7 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 
 def restore_params(directory: str, abstract_params: dict[str, Any], step: Optional[int] = None) -> dict[str, Any]:
     """`params` and `ema_params` of the (newest) checkpoint in `directory`, e.g. one made by lzn_jax.convert."""
-    if not os.path.isdir(directory):
+    if not epath.Path(directory).is_dir():  # local or gs://
         raise FileNotFoundError(f"config.checkpoint.path={directory!r} is not a directory of Orbax checkpoints.")
     mngr = manager(directory, read_only=True)
     step = mngr.latest_step() if step is None else step

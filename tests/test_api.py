@@ -114,6 +114,13 @@ def test_slerp_keeps_the_ends_and_the_norm():
         (lambda m, p, x: m.generate(p, jax.random.key(0), labels=jnp.zeros((2, 1), jnp.int32)), ValueError, "int array [B]"),
         (lambda m, p, x: m.generate(p, jax.random.key(0), labels=jnp.zeros(2)), ValueError, "int array [B]"),
         (lambda m, p, x: m.generate(p, jax.random.key(0), labels=jnp.arange(2), sampler="ddim"), ValueError, "Unknown sampler"),
+        # Each of these three passed silently: `num` was ignored, and reconstruct's labels were never checked (an
+        # out-of-range label became an all-zero one-hot: a finite, wrong reconstruction).
+        (lambda m, p, x: m.generate(p, jax.random.key(0), labels=jnp.arange(2), num=5), ValueError, "`num`=5 but 2 labels"),
+        (lambda m, p, x: m.reconstruct(p, x, key=jax.random.key(0), labels=jnp.full((len(x),), 99)), ValueError,
+         "`labels` must be in [0, 10)"),
+        (lambda m, p, x: m.reconstruct(p, x, key=jax.random.key(0), labels=jnp.zeros((1,), jnp.int32)), ValueError,
+         "`labels` has 1 labels for"),
         (lambda m, p, x: m.interpolate(p, x[0], x[1], steps=1, key=jax.random.key(0)), ValueError, "at least 2"),
         (lambda m, p, x: m.latents(p, x, key=jax.random.key(0), context=x[:, :4]), ValueError, "`context`"),
     ],
@@ -123,6 +130,14 @@ def test_bad_inputs_say_what_was_expected(model, images, call, error, message):
     with pytest.raises(error) as info:
         call(lzn, params, images)
     assert message in str(info.value)
+
+
+def test_reconstruct_with_an_out_of_range_label_under_jit_gives_nan_not_a_plausible_image(model, images):
+    """Traced labels cannot be range-checked; as in `generate`, such a label's image comes back NaN."""
+    lzn, params = model
+    labels = jnp.zeros((len(images),), jnp.int32).at[0].set(99)
+    out = jax.jit(lambda y: lzn.reconstruct(params, images, key=jax.random.key(0), labels=y))(labels)
+    assert np.all(np.isnan(out[0])) and np.all(np.isfinite(out[1:]))
 
 
 def test_compositions_the_model_lacks_are_refused():
@@ -136,6 +151,8 @@ def test_compositions_the_model_lacks_are_refused():
         lzn.classify(params, x, key=jax.random.key(0))
     with pytest.raises(ValueError, match="Pass `num`"):
         lzn.generate(params, jax.random.key(0))
+    with pytest.raises(ValueError, match="not label-conditional: pass `num`"):  # labels used to set the count
+        lzn.generate(params, jax.random.key(0), labels=jnp.arange(3), num=3)
     assert lzn.generate(params, jax.random.key(0), num=3).shape == (3, 8, 8, 1)
 
 

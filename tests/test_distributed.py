@@ -183,3 +183,42 @@ def test_the_checkpoint_is_complete_and_matches_the_single_process_one(runs):
         for (path, want), have in zip(flat_expected, flat_got):
             np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6, err_msg=f"{item}{jax.tree_util.keystr(path)}")
     assert int(got["meta"]["step"]) == STEPS
+
+
+# api.load on each process of a two-process job (a pod's hosts in one inference job): each prints its labels.
+_LOAD_ON_EACH_PROCESS = """
+import sys
+import jax, numpy as np
+from lzn_jax import api, data, parallel
+parallel.maybe_initialize_distributed()
+lzn, params = api.load(sys.argv[1])
+images, _ = data.load_arrays(lzn.config.data, "test")
+print("labels", np.asarray(lzn.classify(params, images[:8], key=jax.random.key(0))).tolist(), flush=True)
+"""
+
+
+def test_every_process_of_a_job_loads_the_params_through_the_api(runs, tmp_path):
+    """The bug: `api.load` without a mesh put the params on jax.devices()[0], a device of process 0 alone; every
+    other process failed ("If the Array has no addressable shards ...") and process 0 then hung at shutdown."""
+    single, pair, _ = runs
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES="2")  # fmt: skip
+    logs = {f"process{i}": tmp_path / f"load{i}.log" for i in range(2)}
+    procs = {}
+    try:
+        for i in range(2):
+            with open(logs[f"process{i}"], "w") as log:
+                procs[f"process{i}"] = subprocess.Popen(
+                    [sys.executable, "-c", _LOAD_ON_EACH_PROCESS, str(pair)], cwd=ROOT,
+                    env=dict(env, JAX_PROCESS_ID=str(i)), stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+    finally:
+        wait_all(procs, logs)
+    from lzn_jax import api, data
+
+    lzn, params = api.load(str(pair))
+    images, _ = data.load_arrays(lzn.config.data, "test")
+    expected = f"labels {np.asarray(lzn.classify(params, images[:8], key=jax.random.key(0))).tolist()}"
+    for name, log in logs.items():
+        assert expected in log.read_text(), (name, expected, log.read_text()[-3000:])

@@ -37,3 +37,10 @@ def test_params_loaded_onto_the_train_mesh_work_in_every_transform_on_sharded_im
     images, _ = data.load_arrays(lzn.config.data, "test")
     rows = NamedSharding(sharding.mesh, P(parallel.DATA))
     check_every_method(lzn, params, jax.device_put(np.asarray(images[:8]), rows), SHARDED_ROADS)
+    # Images laid out over the mesh the user passed (Explicit axes, as jax.make_mesh makes by default) work too.
+    # The bug: every method failed with "Mesh for all inputs should be equal", since `load` puts the params on an
+    # Auto-axes copy of the mesh, and the images above were placed on that copy.
+    own = jax.device_put(np.asarray(images[:8]), NamedSharding(mesh, P(parallel.DATA)))
+    key = jax.random.key(0)
+    expected = lzn.classify(params, jax.device_put(np.asarray(images[:8]), rows), key=key)
+    np.testing.assert_array_equal(lzn.classify(params, own, key=key), expected)
