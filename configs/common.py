@@ -178,6 +178,18 @@ def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid
     return ml_collections.ConfigDict(evals)
 
 
+def variant(config, arg, *, image_size=None):
+    """`config` as `--config=configs/<name>.py[:arg]` asks for it: the paper's settings (no arg) or `runlocal`
+    (at `image_size`, if given). Any other arg is refused: a typo (`:runlokal`) would otherwise start the full
+    paper run."""
+    if arg in (None, ""):
+        return config
+    if arg == "runlocal":
+        return runlocal(config, image_size=image_size)
+    raise ValueError(f"Unknown config argument {arg!r}: use configs/<name>.py (the paper's settings) or "
+                     "configs/<name>.py:runlocal (a tiny version).")  # fmt: skip
+
+
 def runlocal(config, *, image_size=None):
     """big_vision's `runlocal`: the same composition, tiny — a few steps of small networks, for a laptop check.
 

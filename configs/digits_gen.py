@@ -31,4 +31,4 @@ def get_config(arg=None):
         "samples": dict(every_steps=500, num=64, samplers=("euler", "rk45")),
         "reconstruction": dict(every_steps=500, num=64, repeats=2, sampler="euler"),
     })  # fmt: skip
-    return common.runlocal(config) if arg == "runlocal" else config
+    return common.variant(config, arg)

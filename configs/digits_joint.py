@@ -40,4 +40,4 @@ def get_config(arg=None):
         # how recognisable label-conditional samples are to a classifier trained on real digits (at the end)
         "sample_accuracy": dict(every_steps=1500, per_class=50),
     })  # fmt: skip
-    return common.runlocal(config) if arg == "runlocal" else config
+    return common.variant(config, arg)

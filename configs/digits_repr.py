@@ -36,4 +36,4 @@ def get_config(arg=None):
         "linear_probe": dict(every_steps=300, protocol="frozen", modes=("no_head", "head"), include_pixels=True,
                              lr=1e-3, num_epochs=300, batch_size=64, standardize=True),
     })  # fmt: skip
-    return common.runlocal(config) if arg == "runlocal" else config
+    return common.variant(config, arg)

@@ -17,4 +17,4 @@ def get_config(arg=None):
         name="afhq_cat", data_dir="", train_split="train/cat", test_split="val/cat", steps=60_000,
         encoder_lr=2e-6, ema=0.999999, eval_batch_size=256, saved_num=5120,
     )  # fmt: skip
-    return common.runlocal(config, image_size=32) if arg == "runlocal" else config
+    return common.variant(config, arg, image_size=32)

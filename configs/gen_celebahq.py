@@ -17,4 +17,4 @@ def get_config(arg=None):
         name="celebahq", data_dir="", train_split="", test_split="", steps=350_000,
         encoder_lr=4e-6, ema=0.9999, eval_batch_size=256, saved_num=29_952,
     )  # fmt: skip
-    return common.runlocal(config, image_size=32) if arg == "runlocal" else config
+    return common.variant(config, arg, image_size=32)

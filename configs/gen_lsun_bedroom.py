@@ -17,4 +17,4 @@ def get_config(arg=None):
         name="lsun_bedroom", data_dir="", train_split="bedroom_train", test_split="bedroom_val", steps=2_050_000,
         encoder_lr=2e-6, ema=0.99999, eval_batch_size=25, saved_num=29_952,
     )  # fmt: skip
-    return common.runlocal(config, image_size=32) if arg == "runlocal" else config
+    return common.variant(config, arg, image_size=32)

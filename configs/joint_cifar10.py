@@ -33,4 +33,4 @@ def get_config(arg=None):
     )  # fmt: skip
     config.evals = common.generation_evals(every=5000, per_class=100, recon_num=2000, recon_repeats=20,
                                            fid_num=50_000, classes=True)  # fmt: skip
-    return common.runlocal(config) if arg == "runlocal" else config
+    return common.variant(config, arg)

@@ -38,4 +38,4 @@ def get_config(arg=None):
                              batch_size=8192, weight_decay=0.0, include_pixels=False, weights=("ema", "raw")),
         "export": dict(every_steps=1_000_000, split="test", apply_head=False),
     })  # fmt: skip
-    return common.runlocal(config, image_size=32) if arg == "runlocal" else config
+    return common.variant(config, arg, image_size=32)

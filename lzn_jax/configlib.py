@@ -191,6 +191,7 @@ def check(config: ml_collections.ConfigDict, *, evals: bool = True) -> None:
         raise ValueError(f"config.task={config.task!r} is not a task; use one of {tasks.names()}.")
     _positive(config, ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps", "checkpoint_every_steps",
                        "keep_checkpoints", "max_consecutive_skips", "latent_dim"))  # fmt: skip
+    _check_dtype(config.dtype)
     if config.zoning.solver not in ("euler", "dpm_solver++") or config.zoning.label_solver not in ("euler", "dpm_solver++"):
         raise ValueError("config.zoning.solver and label_solver must be 'euler' or 'dpm_solver++'.")
     if not 0.0 <= config.zoning.cutoff < 1.0:
@@ -289,6 +290,17 @@ def _same_kind(value, default) -> bool:
     if isinstance(default, (tuple, list)):
         return isinstance(value, (tuple, list))
     return default is None or isinstance(value, type(default))
+
+
+def _check_dtype(name: str) -> None:
+    import jax.numpy as jnp  # deferred: reading a config needs no JAX
+
+    try:
+        floating = jnp.issubdtype(jnp.dtype(name), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(f"config.dtype={name!r} is not a floating-point dtype; use 'float32' or 'bfloat16'.")
 
 
 def _positive(config, keys: Iterable[str]) -> None:

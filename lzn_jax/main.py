@@ -128,7 +128,14 @@ def _parse_flags(argv):
     ml_collections resolves `--config.a.b=v` while parsing --config and raises a bare AttributeError/KeyError.
     """
     try:
-        remaining = app.parse_flags_with_usage(argv)
+        try:
+            remaining = FLAGS(argv)
+        except flags.Error as error:  # a config file's get_config raising ValueError/TypeError: its last line
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            if "Error whilst parsing config file" not in str(error) or not lines:
+                remaining = app.parse_flags_with_usage(argv)  # absl's message and usage for any other flag error
+            else:
+                raise ValueError(f"--config={_config_arg(argv)}: {lines[-1].split(': ', 1)[-1]}") from None
         FLAGS.config.keys()  # ml_collections defers a config file's load failure to its first use
     except OSError as error:
         reason = " ".join(str(error).split())

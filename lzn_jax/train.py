@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +57,8 @@ def check_workdir(workdir: str) -> None:
         return
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        # Unique per host and process: the hosts of a pod probe one shared workdir, and containers repeat PIDs.
+        probe = os.path.join(workdir, f".write_test_{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -117,7 +120,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, resuming: bool = T
     check_workdir(workdir)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
     parallel.check_batch_size(config.batch_size, mesh)
-    data.num_examples(config.data, "train")  # a missing dataset fails here, before compute
+    data.steps_per_epoch(config.data, batch_size=config.batch_size)  # a missing dataset, or one smaller than a batch
     built = build(config, mesh)
     task, optimizer, shardings = built.task, built.optimizer, built.shardings
     target = _abstract_items(built.abstract_state, shardings, mesh)
@@ -422,9 +425,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     """Runs every evaluator in config.evals once on the newest checkpoint (or checkpoint.path)."""
     from lzn_jax import writers
 
-    run = setup(config, workdir, resuming=False)
-    if run.start_step == 0 and not config.checkpoint.path:
+    enabled = [name for name, spec in config.evals.items() if spec.get("every_steps", config.eval_every_steps) != -1]
+    if not enabled:
+        raise ValueError(f"--mode=eval: every evaluator of config.evals ({sorted(config.evals)}) is switched off "
+                         "(every_steps=-1); switch one on, e.g. --config.evals.<name>.every_steps=0.")  # fmt: skip
+    if not config.checkpoint.path and not checkpoint.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps():
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints and no config.checkpoint.path: nothing to evaluate.")
+    run = setup(config, workdir, resuming=False)
     writer = writers.create(workdir)
     with jax.set_mesh(run.mesh):
         results = _run_evals(run, _evaluators(run, writer), run.state, run.start_step)

@@ -40,6 +40,8 @@ def test_override_names_the_nearest_key():
         ({"keep_checkpoints": 0}, "config.keep_checkpoints must be a positive integer"),
         ({"eval_batch_size": 0}, "config.eval_batch_size must be a positive integer"),
         ({"max_consecutive_skips": 0}, "config.max_consecutive_skips must be a positive integer"),
+        ({"dtype": "float31"}, "config.dtype='float31' is not a floating-point dtype"),  # was a TypeError in build
+        ({"dtype": "int8"}, "config.dtype='int8' is not a floating-point dtype"),
         ({"zoning.cutoff": 1.5}, "cutoff"),
         ({"zoning.solver": "rk4"}, "solver"),
         ({"ema.encoder": 1.5}, "config.ema.encoder"),

@@ -116,3 +116,12 @@ def test_a_field_whose_default_is_none_takes_a_flag(monkeypatch):
 def test_a_section_refuses_a_field_its_model_does_not_have():
     with pytest.raises(ValueError, match="did you mean 'stage_blocks'"):
         common.model_section("resnet", stage_block=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n != "digits_simclr"] + ["digits_simclr"])
+def test_a_misspelled_config_argument_is_refused(name):
+    """The bug: every config returned its full paper settings for any argument but "runlocal", so
+    `--config=configs/repr_imagenet.py:run_local` started a 128-device ImageNet run on a laptop."""
+    with pytest.raises(ValueError, match="Unknown config argument 'runlokal'"):
+        load(name, "runlokal")
+    assert load(name, "runlocal").batch_size == 8  # the tiny version

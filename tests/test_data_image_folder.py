@@ -28,6 +28,11 @@ def root(tmp_path_factory):
         write_image(os.path.join(train, name), rng.integers(0, 256, shape))
     with open(os.path.join(train, "notes.txt"), "w") as f:
         f.write("not an image")
+    # Hidden entries: macOS's AppleDouble metadata beside each copied image, a hidden folder of images. The bug:
+    # "._cat_1.png" was listed, counted, and stopped training with a decode error when a batch first drew it.
+    with open(os.path.join(train, "._cat_1.png"), "wb") as f:
+        f.write(b"\x00\x05\x16\x07 AppleDouble metadata")
+    write_image(os.path.join(train, ".thumbnails", "cat_9.png"), rng.integers(0, 256, (8, 8, 3)))
     write_image(os.path.join(base, "val", "cat_a.png"), np.broadcast_to([255, 0, 0], (20, 20, 3)))
     write_image(os.path.join(base, "val", "dog_b.png"), np.full((18, 12), 128))
     return base
@@ -43,7 +48,7 @@ def folder_cfg(base, **overrides):
     return cfg
 
 
-def test_listing_is_sorted_recursive_and_skips_non_images(root):
+def test_listing_is_sorted_recursive_and_skips_non_images_and_hidden_entries(root):
     listed = image_folder.list_images(os.path.join(root, "train"))
     assert [os.path.relpath(p, os.path.join(root, "train")) for p in listed] == TRAIN_FILES
     assert data.num_examples(folder_cfg(root), "train") == 6 and data.num_examples(folder_cfg(root), "test") == 2

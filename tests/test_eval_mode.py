@@ -32,3 +32,18 @@ def test_converted_official_checkpoint_is_evaluated_and_loaded(tmp_path):
 
     lzn, loaded = api.load(out, config=config)
     jax.tree.map(np.testing.assert_array_equal, loaded, ema)
+
+
+def test_eval_mode_without_a_checkpoint_or_an_evaluator_stops_before_anything_is_built(tmp_path):
+    """The bugs: with no checkpoint, --mode=eval compiled and ran the state's init before saying so, and left an
+    empty checkpoints/ behind; with every evaluator switched off (every :runlocal config) it exited 0 having
+    evaluated nothing."""
+    config = tiny_joint_config()
+    config.evals = {"class_accuracy": dict(splits=("test",), stds=(0.0,))}
+    workdir = tmp_path / "never_trained"
+    with pytest.raises(FileNotFoundError, match="no config.checkpoint.path: nothing to evaluate"):
+        train.evaluate(config, str(workdir))
+    assert not workdir.exists()
+    config.evals.class_accuracy.every_steps = -1
+    with pytest.raises(ValueError, match=r"every evaluator .* is switched off .*every_steps=0"):
+        train.evaluate(config, str(workdir))

@@ -355,6 +355,13 @@ def test_a_misspelled_override_names_the_nearest_key_without_a_traceback(env, tm
     output = run.output()
     assert "error: --config.batch_sizee: Unknown config key 'batch_sizee' in config. Did you mean 'batch_size'?" in output
     assert "Traceback" not in output and not workdir.exists()
+    # A misspelled config argument: one line too (it was absl's "FATAL Flags parsing error" around a traceback).
+    args = [a.replace(":runlocal", ":runlokal") for a in cli(workdir)]
+    run = Process(env, args, tmp_path / "arg.log")
+    assert run.wait() == 2
+    output = run.output()
+    assert "error: --config=configs/digits_joint.py:runlokal: Unknown config argument 'runlokal'" in output
+    assert "Traceback" not in output and not workdir.exists()
 
 
 def config_with(name, **changes):
@@ -397,6 +404,20 @@ def test_an_unwritable_workdir_is_refused_before_compute(tmp_path):
     blocker.write_text("")
     with pytest.raises(PermissionError, match="--workdir=.* is not writable"):
         train.check_workdir(str(blocker / "run"))
+
+
+def test_a_dataset_smaller_than_one_batch_is_refused_before_compute(tmp_path):
+    """It was refused only when the input pipeline started, after the state had been built and initialised."""
+    from PIL import Image
+
+    for i in range(7):
+        os.makedirs(tmp_path / "images", exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"img_{i}.png")
+    config = config_with("digits_gen", batch_size=8, **{"data.source": "image_folder", "data.data_dir":
+                         str(tmp_path / "images"), "data.train_split": "", "data.test_split": "", "num_classes": 1})  # fmt: skip
+    with pytest.raises(ValueError, match="batch_size=8 exceeds the 7 train examples"):
+        train.setup(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(

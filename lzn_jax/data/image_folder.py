@@ -28,10 +28,13 @@ def build(cfg: ml_collections.ConfigDict) -> "ImageFolderSource":
 
 @functools.lru_cache(maxsize=8)
 def list_images(folder: str) -> tuple[str, ...]:
-    """Every image under `folder`: entries sorted by name at each level, sub-folders expanded in place."""
+    """Every image under `folder`: entries sorted by name at each level, sub-folders expanded in place, hidden
+    entries (names starting with ".") left out: an undecodable "._x.png" would otherwise stop a run mid-epoch."""
     found = []
     for entry in sorted(tf.io.gfile.listdir(folder)):
         entry = entry.rstrip("/")  # gfile marks directories on some file systems
+        if entry.startswith("."):  # hidden: macOS's "._cat_0001.png" metadata files, .ipynb_checkpoints, ...
+            continue
         path = os.path.join(folder, entry)
         if "." in entry and entry.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS:
             found.append(path)
