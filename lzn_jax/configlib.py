@@ -242,7 +242,8 @@ def _check_evals(config) -> None:
             raise ValueError(f"{where}: the {kind!r} evaluator needs {', '.join(missing)}.")
         if every != -1:
             _check_files(where, kind, {**keys, **spec}, evaluators.FILE_ARGUMENTS.get(kind, ()))
-            task = task or tasks.build(config)  # a description of the composition: no network is initialised
+            if task is None:  # a description of the composition: no network is initialised
+                task = tasks.build(config)
             for fn_name in evaluators.needs(kind):
                 try:
                     predict.check(fn_name, task, who=f"{where} ({kind!r})")
