@@ -309,12 +309,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
             if step % config.log_every_steps == 0 or final:
                 writer.write_scalars(step, averager.result() | {"train/skipped_steps": int(state.skipped_steps)})
                 averager = _MetricAverager()
-            # Saved before the evaluations: one that fails, or a preemption during a long one (FID), loses no
-            # training; a run resumed from this step evaluates at the next due step (or run --mode=eval).
+            # Saved, and the save committed, before the evaluations: one that fails, or a preemption during a long
+            # one (FID), loses no training; a run resumed from this step evaluates at the next due step (or run
+            # --mode=eval). (Left writing in the background during a minutes-long evaluation, Orbax's commit of
+            # the step failed: "Checkpoint directory does not exist: .../2.orbax-checkpoint-tmp/ema_params...".)
             if step % config.checkpoint_every_steps == 0 or final:
                 _save(run, state, step)
             due = [e for e in evals if final or (e.every_steps > 0 and step % e.every_steps == 0)]
             if due:
+                run.manager.wait_until_finished()
                 writer.write_scalars(step, _run_evals(run, due, state, step))
             if not final and stop.reached(run.manager, step):
                 _save(run, state, step)
