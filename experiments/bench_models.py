@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lzn_jax import convert, models
+from lzn_jax import config_files, convert, models
 from lzn_jax.models import label_anchors
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
     parser.add_argument("--models", default="encoder,decoder", help="comma-separated config sections to time")
     args = parser.parse_args()
-    config = convert.load_config_file(args.config)
+    config = config_files.load(args.config)
     for section in args.models.split(","):
         if section not in config:
             raise SystemExit(f"--models: {args.config} has no {section!r} section.")

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from lzn_jax import checkpoint, configlib, data, tasks, zoning
+from lzn_jax import checkpoint, config_files, configlib, data, tasks, zoning
 
 # The task functions' keyword arguments that set output shapes or choose code: static when the API jits them.
 STATIC_ARGNAMES = {"embed": ("apply_head",), "sample": ("num", "sampler"), "invert": ("sampler",),
@@ -262,11 +262,12 @@ def slerp(a: jax.Array, b: jax.Array, fractions: jax.Array) -> jax.Array:
     return jnp.where(so > 1e-6, spherical, linear)
 
 
-def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.ConfigDict] = None, mesh=None):
+def load(workdir: str, *, use_ema: bool = True, config: ml_collections.ConfigDict | str | None = None, mesh=None):
     """(LZN, params) from a workdir written by lzn_jax.main (its config.json and newest checkpoint).
 
     Also loads a directory written by `python -m lzn_jax.convert` when `config` (the config it was converted
-    for) is given. use_ema: the EMA params (what the paper evaluates) or the raw ones.
+    for, as a ConfigDict or as the `--config` value given to convert, e.g. "configs/joint_cifar10.py") is given.
+    use_ema: the EMA params (what the paper evaluates) or the raw ones.
 
     The params are plain arrays that work in every transform, eager or jitted, whatever mesh trained them:
     on the default device, or with `mesh` (e.g. `jax.make_mesh((8,), ("data",))`) replicated over its devices,
@@ -277,6 +278,8 @@ def load(workdir: str, *, use_ema: bool = True, config: Optional[ml_collections.
     if not epath.Path(workdir).is_dir():  # local or gs:// (Orbax's own path library)
         raise FileNotFoundError(f"The directory {workdir!r} does not exist: pass the --workdir of a training run "
                                 "(or the --out of lzn_jax.convert, with its config).")  # fmt: skip
+    if isinstance(config, (str, os.PathLike)):  # once an AttributeError deep inside LZN.from_config
+        config = config_files.load(os.fspath(config))
     if config is None:
         path = epath.Path(workdir) / "config.json"
         if not path.exists():

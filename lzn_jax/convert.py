@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import logging
 import os
 import sys
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lzn_jax import models
+from lzn_jax import config_files, models
 from lzn_jax.models import label_anchors, ncsnpp, resnet
 
 FlaxPath = tuple[str, ...]
@@ -586,18 +585,6 @@ def load_converted(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return restored.params, restored.ema_params
 
 
-def load_config_file(path: str) -> Any:
-    """`get_config()` of a Python config file (the `configs/*.py` convention)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config {path!r} does not exist.")
-    spec = importlib.util.spec_from_file_location("lzn_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config {path!r} defines no get_config().")
-    return module.get_config()
-
-
 def _count(tree: Mapping[str, Any]) -> int:
     return sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(tree))
 
@@ -607,10 +594,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m lzn_jax.convert", description="Convert an official LZN PyTorch checkpoint to Orbax."
     )
     parser.add_argument("--checkpoint", required=True, help="official .pt checkpoint, or .npz of <entry>/<name>")
-    parser.add_argument("--config", required=True, help="lzn_jax config file describing the same models")
+    parser.add_argument("--config", required=True, help="lzn_jax config file (PATH[:arg]) describing the same models")
     parser.add_argument("--out", required=True, help="new directory for the Orbax checkpoint (step 0)")
     args = parser.parse_args(argv)
-    config = load_config_file(args.config)
+    config = config_files.load(args.config)
     params, ema_params = convert_checkpoint(load_checkpoint(args.checkpoint), config)
     save_converted(args.out, params, ema_params)
     for section in params:
@@ -618,5 +605,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {os.path.abspath(args.out)} (step 0: params, ema_params)")
 
 
+def run() -> None:
+    """`main` with a one-line error (exit 2) for bad input instead of a traceback."""
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # ConversionError is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run()

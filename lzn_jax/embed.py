@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lzn_jax import api, data
+from lzn_jax import api, config_files, data
 from lzn_jax.data import image_folder
 
 FLAGS = flags.FLAGS
@@ -79,6 +79,7 @@ def main(argv):
 
 
 def run():
+    config_files.rewrite_argv(sys.argv)  # configs/<name>.py from any directory; `configs` importable
     try:
         app.run(main)
     except (ValueError, FileNotFoundError) as error:

@@ -14,7 +14,7 @@ from typing import Optional
 from absl import app, flags
 from ml_collections import config_flags
 
-from lzn_jax import checkpoint, configlib, parallel, train
+from lzn_jax import checkpoint, config_files, configlib, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -71,57 +71,6 @@ def compilation_cache_dir(workdir: str) -> Optional[str]:
     return os.path.join(workdir, "jax_cache")
 
 
-def _config_arg(argv) -> Optional[str]:
-    """The value of --config (e.g. "configs/digits_joint.py:runlocal"), or None."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def _config_root_on_path(argv) -> None:
-    """Finds the --config file and puts the folder above its `configs/` on sys.path (configs import `configs.common`).
-
-    `--config=configs/<name>.py` that does not exist where the command runs names the configs shipped with
-    lzn_jax (`configs_folder()`): the README's commands work from
-    any directory after `pip install`. argv is rewritten to that file.
-    """
-    value = _config_arg(argv)
-    if not value:
-        return
-    path, _, arg = value.partition(":")
-    shipped = shipped_config(path)
-    if shipped is not None:
-        argv[:] = [a.replace(value, shipped + (":" + arg if arg else ""), 1) if value in a else a for a in argv]
-        path = shipped
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-
-def shipped_config(path: str) -> Optional[str]:
-    """The shipped copy of `configs/<name>.py` when `path` names one that does not exist here; else None."""
-    folder, name = os.path.split(os.path.normpath(path))
-    shipped = configs_folder()
-    if os.path.exists(path) or folder != "configs" or shipped is None or not os.path.isfile(os.path.join(shipped, name)):
-        return None
-    return os.path.join(shipped, name)
-
-
-def configs_folder() -> Optional[str]:
-    """The config files shipped with this lzn_jax: lzn_jax/shipped/configs when installed, or the checkout's configs/.
-
-    Its parent goes on sys.path for `from configs import ...` (what config files and notebooks do).
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (os.path.join(here, "shipped", "configs"), os.path.join(os.path.dirname(here), "configs")):
-        if os.path.isfile(os.path.join(folder, "common.py")):
-            return folder
-    return None
-
-
 def _parse_flags(argv):
     """absl's flag parsing; an override naming no config key becomes configlib's nearest-key ValueError.
 
@@ -135,11 +84,11 @@ def _parse_flags(argv):
             if "Error whilst parsing config file" not in str(error) or not lines:
                 remaining = app.parse_flags_with_usage(argv)  # absl's message and usage for any other flag error
             else:
-                raise ValueError(f"--config={_config_arg(argv)}: {lines[-1].split(': ', 1)[-1]}") from None
+                raise ValueError(f"--config={config_files.flag_value(argv)}: {lines[-1].split(': ', 1)[-1]}") from None
         FLAGS.config.keys()  # ml_collections defers a config file's load failure to its first use
     except OSError as error:
         reason = " ".join(str(error).split())
-        raise FileNotFoundError(f"--config={_config_arg(argv)} could not be loaded: {reason}") from None
+        raise FileNotFoundError(f"--config={config_files.flag_value(argv)} could not be loaded: {reason}") from None
     except (AttributeError, KeyError) as error:
         raise ValueError(_unknown_override(argv) or f"A --config.* override names no config key: {error}") from None
     return remaining
@@ -147,7 +96,7 @@ def _parse_flags(argv):
 
 def _unknown_override(argv) -> Optional[str]:
     """configlib's message for the first --config.<key> override that the config file does not have."""
-    config = FLAGS["config"].parser.parse(_config_arg(argv))
+    config = FLAGS["config"].parser.parse(config_files.flag_value(argv))
     for arg in argv:
         if arg.startswith("--config."):
             dotted = arg[len("--config."):].split("=", 1)[0]
@@ -160,7 +109,7 @@ def _unknown_override(argv) -> Optional[str]:
 
 def run():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines (not its warnings)
-    _config_root_on_path(sys.argv)
+    config_files.rewrite_argv(sys.argv)  # configs/<name>.py from any directory; `configs` importable
     try:
         app.run(main, flags_parser=_parse_flags)
     except train.Interrupted as stopped:  # SIGTERM / Ctrl-C: a checkpoint is saved; one line says how to resume

@@ -174,6 +174,12 @@ def test_load_a_workdir_written_by_training(tmp_path):
         api.load(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="has no config.json .* api.load.directory, config="):
         api.load(str(tmp_path / "checkpoints"))
+    # A checkpoint directory without config.json, with the config as a file (how convert's --out is loaded); a
+    # path string once failed with an AttributeError inside LZN.from_config.
+    config_file = tmp_path / "tiny.py"
+    config_file.write_text("from support import tiny_joint_config\n\n\ndef get_config():\n    return tiny_joint_config()\n")
+    _, from_file = api.load(tmp_path / "checkpoints", config=str(config_file))
+    jax.tree.map(np.testing.assert_array_equal, from_file, state.ema_params)
 
 
 def test_embed_without_head_is_refused_for_an_encoder_that_has_no_separate_head(model, images):

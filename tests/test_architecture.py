@@ -35,11 +35,12 @@ ALLOWED = {
     "evaluators": {"data", "files", "parallel", "losses", "tasks.protocol"},  # capabilities, not the loop
     "train_state": {"optim", "parallel"},
     "configlib": {"data", "tasks", "evaluators"},  # tasks and evaluators deferred, for their checks
-    "api": {"checkpoint", "configlib", "data", "tasks", "zoning"},  # inference: no train, train_state, optim
-    "embed": {"api", "data"},
-    "convert": {"models", "tasks"},
+    "config_files": set(),  # finding and loading configs/<name>.py[:arg], for every command
+    "api": {"checkpoint", "config_files", "configlib", "data", "tasks", "zoning"},  # inference: no training code
+    "embed": {"api", "config_files", "data"},
+    "convert": {"config_files", "models", "tasks"},
     "train": {"checkpoint", "configlib", "data", "evaluators", "files", "optim", "parallel", "tasks", "train_state", "writers"},
-    "main": {"checkpoint", "configlib", "parallel", "train"},
+    "main": {"checkpoint", "config_files", "configlib", "parallel", "train"},
     "shipped": set(),
 }
 

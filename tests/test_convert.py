@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lzn_jax import convert, models
+from lzn_jax import config_files, convert, models
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ("joint_cifar10", "gen_cifar10", "gen_afhq_cat", "gen_celebahq", "gen_lsun_bedroom", "repr_imagenet")
@@ -268,7 +268,7 @@ def official_num_parameters(shapes: Shapes) -> int:
 
 
 def load_config(name: str):
-    return convert.load_config_file(str(REPO_ROOT / "configs" / f"{name}.py"))
+    return config_files.load(str(REPO_ROOT / "configs" / f"{name}.py"))
 
 
 def synthetic_state_dict(shapes: Shapes, seed: int = 0) -> dict[str, np.ndarray]:
@@ -539,7 +539,7 @@ def test_cli_converts_npz_into_an_orbax_checkpoint(tmp_path, ncsnpp_small_file):
     jax.tree.map(lambda e, p: np.testing.assert_allclose(e, 2 * p), ema_params["encoder"], params["encoder"])
     jax.tree.map(np.testing.assert_array_equal, ema_params["decoder"], params["decoder"])  # no EMA: raw copy
 
-    config = convert.load_config_file(str(config_path))
+    config = config_files.load(str(config_path))
     encoder = models.build(config.encoder)
     anchors = encoder.apply({"params": params["encoder"]}, np.transpose(ref["in_x"], (0, 2, 3, 1)))
     np.testing.assert_allclose(anchors, ref["out_encoder"], atol=1e-4 * np.abs(ref["out_encoder"]).max())

@@ -13,7 +13,8 @@ CHECK = """
 import sys
 from lzn_jax import main
 argv = ["main", "--config=configs/digits_joint.py:runlocal", "--workdir=w"]
-main._config_root_on_path(argv)
+from lzn_jax import config_files
+config_files.rewrite_argv(argv)
 main._parse_flags(argv)
 print(main.__file__)
 print(argv[1])
