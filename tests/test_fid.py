@@ -1,6 +1,7 @@
 """FID math against scipy, the two resizing pipelines, features and the cached evaluator."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -249,7 +250,7 @@ def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weigh
     assert len(replay.keys) == 3  # ceil(5 / 2) sampling calls
     for pipeline in fid.PIPELINES:
         path = evaluator.cache_path(pipeline)
-        assert path.endswith(f"fid_stats_toy-set_train_{pipeline}_8px_all.npz")
+        assert re.fullmatch(rf"fid_stats_toy-set_train_{pipeline}_8px_all_[0-9a-f]{{10}}\.npz", os.path.basename(path))
         with np.load(path) as cached:
             assert int(cached["num_samples"]) == 5 and cached["sigma"].shape == (2048, 2048)
 
@@ -266,6 +267,33 @@ def test_fid_caches_reference_stats_and_scores_identical_samples_near_zero(weigh
     # The reference covariance's root (a 2048² eigendecomposition) once for both evaluations; 5 samples are
     # scored from their rows, with no root of their own.
     assert roots == [(2048, 2048)]
+
+
+def test_reference_statistics_are_cached_per_data_setting(weights_file, tmp_path):
+    """Bug this catches: the cache was keyed by the dataset's name, split name, image size and count only, so a
+    workdir pointed at other data under the same name (another data_dir, split string, channel count or eval
+    crop) reused the first data's statistics and scored every later run against them."""
+    data_cfg = _image_folder(tmp_path / "images", count=3)
+    kwargs = dict(sample_fn=None, mesh=parallel.make_mesh(-1), workdir=str(tmp_path / "work"), eval_batch_size=2,
+                  inception_weights=weights_file, num_samples=4)  # fmt: skip
+
+    def evaluator(**changes):
+        cfg = data_cfg.copy_and_resolve_references()
+        cfg.update(changes)
+        return fid.FID(data_cfg=cfg, **kwargs)
+
+    base = evaluator().cache_path("clean")
+    changed = [evaluator(data_dir=str(tmp_path / "other")), evaluator(train_split="train2"), evaluator(num_channels=1),
+               evaluator(eval_crop_fraction=0.875), evaluator(image_key="img"), evaluator(source="tfds")]  # fmt: skip
+    assert len({base, *(e.cache_path("clean") for e in changed)}) == 1 + len(changed)
+    # Settings that do not change the reference split's images keep the cache.
+    assert evaluator(test_split="elsewhere", shuffle_buffer=5, augmentation="flip").cache_path("clean") == base
+    first = evaluator()
+    first._save_cached("clean", np.zeros(2), np.eye(2), count=3)
+    assert first._load_cached("clean") is not None
+    with np.load(base) as cached:  # a file under the same name holding another key (or a cache from before keys)
+        np.savez(base, mu=cached["mu"], sigma=cached["sigma"], num_samples=3, key="{}")
+    assert first._load_cached("clean") is None
 
 
 def test_fid_checks_its_arguments(weights_file, tmp_path):

@@ -140,6 +140,21 @@ def load_arrays(data_cfg: ml_collections.ConfigDict, split: str) -> tuple[np.nda
     return np.concatenate(images), np.concatenate(labels)
 
 
+# The data settings that decide which images `eval_iterator` yields for a split, and how they look. Statistics
+# cached per split (FID's reference statistics) are keyed by them: a cache keyed by the dataset's name alone was
+# reused for other data under the same name (another data_dir, split string, channel count or crop).
+_EVAL_IMAGE_KEYS = ("source", "name", "data_dir", "image_key", "digits_test_fraction", "image_size", "num_channels",
+                    "eval_crop_fraction")  # fmt: skip
+
+
+def eval_images_key(data_cfg: ml_collections.ConfigDict, split: str) -> dict:
+    """{setting: value} that determines `eval_iterator(data_cfg, split=split, ...)`'s images (not their batching)."""
+    _check_split(split)
+    key = {name: data_cfg[name] for name in _EVAL_IMAGE_KEYS}
+    key["split"] = data_cfg[f"{split}_split"]
+    return key
+
+
 def batch_spec(data_cfg: ml_collections.ConfigDict, batch_size: int) -> dict:
     """{key: jax.ShapeDtypeStruct} of a batch as `train_iterator` yields it, from the config alone (no data read).
 

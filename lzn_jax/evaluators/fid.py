@@ -10,15 +10,18 @@ InceptionV3 (`inception.py`, TF graph `inception-2015-12-05`); they differ in ho
   bilinear resize (`align_corners=False`, no half-pixel centres), reproduced here as two interpolation
   matrices.
 
-Reference statistics (mean, covariance of a dataset split) are cached as .npz files keyed by dataset, split,
-pipeline, image size and sample count, and reused by later runs.
+Reference statistics (mean, covariance of a dataset split) are cached as .npz files keyed by every setting that
+decides them (the data settings of `data.eval_images_key`, pipeline, subset, Inception weights), and reused by
+later runs.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
+import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -272,6 +275,10 @@ class _WithoutParams:
 # The evaluator.
 
 
+def _canonical(key: dict) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(text)).strip("-") or "x"
 
@@ -281,8 +288,8 @@ class FID:
 
     Yields `eval/{metric}_{pipeline}_{sampler}` (metric "fid" unless named otherwise; pipeline "clean" or "rf").
     `num_samples` images from each sampler (labels cycle through the classes) against the statistics of the
-    split `split`, cached in the workdir (keyed by dataset, split, pipeline, image size, subset and Inception
-    weights) and reused by later runs. `num_reference_samples=0`: the whole split (official CIFAR-10: 50 000
+    split `split`, cached in the workdir (keyed by `reference_key`: the data settings, pipeline, subset and
+    Inception weights) and reused by later runs. `num_reference_samples=0`: the whole split (official CIFAR-10: 50 000
     against 50 000); N > 0: the first N examples of `torch.randperm(len(split))` seeded with
     `reference_shuffle_seed` (official 256 px sets: 1 024 against the first 1 024 of its seed-0 sampler order),
     or the first N in file order with `reference_shuffle_seed=None`. Every run samples with the same keys
@@ -358,13 +365,20 @@ class FID:
             return data.eval_iterator(self.data_cfg, split=self.split, batch_size=self.batch_size)
         return common.ordered_split(self.data_cfg, self.split, order, self.batch_size, self.max_host_bytes)
 
+    def reference_key(self, pipeline: str) -> dict:
+        """Every setting that decides the reference statistics of `pipeline`: what the cache is keyed by."""
+        return dict(data=data.eval_images_key(self.data_cfg, self.split), pipeline=pipeline,
+                    num_reference_samples=self.num_reference_samples, reference_shuffle_seed=self.reference_shuffle_seed,
+                    inception_weights=self._weights_id())  # fmt: skip
+
     def cache_path(self, pipeline: str) -> str:
-        """Where the reference statistics of `pipeline` are cached."""
+        """Where the reference statistics of `pipeline` are cached: a readable name and a digest of the key."""
         count = "all" if self.num_reference_samples is None else f"n{self.num_reference_samples}"
         if self.reference_shuffle_seed is not None:
             count += f"-torchperm{self.reference_shuffle_seed}"
         dataset = self.data_cfg.name or self.data_cfg.source
-        name = f"fid_stats_{_slug(dataset)}_{_slug(self.split)}_{pipeline}_{self.image_size}px_{count}.npz"
+        digest = hashlib.sha256(_canonical(self.reference_key(pipeline)).encode()).hexdigest()[:10]
+        name = f"fid_stats_{_slug(dataset)}_{_slug(self.split)}_{pipeline}_{self.image_size}px_{count}_{digest}.npz"
         return os.path.join(self.cache_dir, name)
 
     def _weights_id(self) -> str:
@@ -375,8 +389,8 @@ class FID:
         if not fs.exists(path):
             return None
         with fs.GFile(path, "rb") as f, np.load(f) as cached:
-            if str(cached["inception_weights"]) != self._weights_id():
-                return None  # computed with other Inception weights: recompute rather than compare across them
+            if "key" not in cached or str(cached["key"]) != _canonical(self.reference_key(pipeline)):
+                return None  # another reference set under the same digest: recompute rather than reuse it
             return cached["mu"], cached["sigma"]
 
     def _save_cached(self, pipeline: str, mu: np.ndarray, sigma: np.ndarray, count: int) -> None:
@@ -387,7 +401,7 @@ class FID:
         path = self.cache_path(pipeline)
         tmp = f"{path}.tmp.npz"
         buffer = io.BytesIO()  # zipfile reads back what it writes: a write-only GCS stream cannot serve that
-        np.savez(buffer, mu=mu, sigma=sigma, num_samples=count, inception_weights=self._weights_id())
+        np.savez(buffer, mu=mu, sigma=sigma, num_samples=count, key=_canonical(self.reference_key(pipeline)))
         with fs.GFile(tmp, "wb") as f:
             f.write(buffer.getvalue())
         fs.rename(tmp, path, overwrite=True)  # an interrupted run never leaves a truncated cache behind
