@@ -4,12 +4,13 @@ The NCSN++ presets are the official `config.model` sections: one trunk shared by
 """
 
 import dataclasses
+import inspect
 import typing
 
 import ml_collections
 from ml_collections import config_dict
 
-from lzn_jax import models
+from lzn_jax import evaluators, models
 
 # Module fields a config section leaves out: the composition fills the latent and label sizes
 # (tasks.common.complete_section), the config's `dtype` and `precision` the numerics (tasks.common.build_module).
@@ -182,12 +183,30 @@ def variant(config, arg, *, image_size=None):
     """`config` as `--config=configs/<name>.py[:arg]` asks for it: the paper's settings (no arg) or `runlocal`
     (at `image_size`, if given). Any other arg is refused: a typo (`:runlokal`) would otherwise start the full
     paper run."""
-    if arg in (None, ""):
-        return config
+    if arg not in (None, "", "runlocal"):
+        raise ValueError(f"Unknown config argument {arg!r}: use configs/<name>.py (the paper's settings) or "
+                         "configs/<name>.py:runlocal (a tiny version).")  # fmt: skip
     if arg == "runlocal":
-        return runlocal(config, image_size=image_size)
-    raise ValueError(f"Unknown config argument {arg!r}: use configs/<name>.py (the paper's settings) or "
-                     "configs/<name>.py:runlocal (a tiny version).")  # fmt: skip
+        config = runlocal(config, image_size=image_size)
+    declare_evaluator_settings(config.evals)
+    return config
+
+
+def declare_evaluator_settings(evals):
+    """Every setting of each `config.evals` entry's evaluator (`evaluators.spec_keys`) declared in its section, at
+    the evaluator's default where the entry leaves it out: only a declared key can be set from the command line,
+    and an entry once named only what it changed, so `--config.evals.samples.seed=3` or
+    `--config.evals.fid.batch_size=500` was refused as an unknown key. A default of None becomes a typed
+    placeholder (None until set). An unknown `kind` is left for `configlib.check` to name."""
+    for name, spec in evals.items():
+        kind = spec.get("kind", name)
+        if kind not in evaluators.kinds():
+            continue
+        hints = evaluators.spec_hints(kind)
+        for key, default in evaluators.spec_keys(kind).items():
+            if key in spec or key == "**" or default is inspect.Parameter.empty:
+                continue
+            spec[key] = default if default is not None else config_dict.placeholder(_flag_type(hints[key]))
 
 
 def runlocal(config, *, image_size=None):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import inspect
 import re
 import shlex
 import sys
@@ -14,7 +15,7 @@ from support import CONFIG_DIR
 from support import load_config as load
 
 from configs import common
-from lzn_jax import configlib, models, parallel, tasks, train
+from lzn_jax import configlib, evaluators, models, parallel, tasks, train
 
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "common")
 
@@ -111,6 +112,27 @@ def test_a_field_whose_default_is_none_takes_a_flag(monkeypatch):
     assert parse([f"--config={CONFIG_DIR}/digits_repr.py"], monkeypatch).encoder.stage_blocks is None
     config = parse([f"--config={CONFIG_DIR}/digits_gen.py", "--config.encoder.latent_transformation_resolutions=(8,)"], monkeypatch)
     assert tuple(config.encoder.latent_transformation_resolutions) == (8,)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_evaluator_setting_is_in_its_section(name):
+    """Only a declared key can be a `--config.*` flag, and the `evals` entries once named only the settings they
+    changed: `--config.evals.samples.seed=3` was refused as an unknown key."""
+    config = load(name)
+    for eval_name, spec in config.evals.items():
+        kind = evaluators.kind_of(eval_name, spec)
+        settings = {k for k, d in evaluators.spec_keys(kind).items() if k != "**" and d is not inspect.Parameter.empty}
+        assert settings <= set(spec), (name, eval_name, settings - set(spec))
+
+
+def test_an_evaluator_setting_the_config_file_leaves_out_takes_a_flag(monkeypatch):
+    config = parse([f"--config={CONFIG_DIR}/digits_joint.py", "--config.evals.samples.seed=3",
+                    "--config.evals.class_accuracy.batch_size=16", "--config.evals.samples.weights=('raw',)"],
+                   monkeypatch)  # fmt: skip
+    assert config.evals.samples.seed == 3 and config.evals.class_accuracy.batch_size == 16
+    assert tuple(config.evals.samples.weights) == ("raw",)
+    configlib.check(config)
+    assert parse([f"--config={CONFIG_DIR}/digits_joint.py"], monkeypatch).evals.class_accuracy.batch_size is None
 
 
 def test_a_section_refuses_a_field_its_model_does_not_have():

@@ -88,7 +88,7 @@ def evaluator_overrides(config, inception_weights: str) -> list[str]:
         values = {"every_steps": STEPS, **SMALL[kind]}
         if kind == "fid":
             values["inception_weights"] = inception_weights
-        flags += [f"--config.evals.{name}.{key}={value}" for key, value in values.items() if key in spec]
+        flags += [f"--config.evals.{name}.{key}={value}" for key, value in values.items()]  # every key is declared
     return flags
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import typing
 
 _REGISTRY = {
     "class_accuracy": ("lzn_jax.evaluators.classification", "ClassAccuracy"),
@@ -73,6 +74,13 @@ def spec_keys(kind: str) -> dict:
         elif parameter.name not in passed_by_build and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
             keys[parameter.name] = parameter.default
     return keys
+
+
+def spec_hints(kind: str) -> dict:
+    """{key: type hint} of the spec keys whose argument is annotated (every one whose default is None is: a config
+    declares such a key as a typed placeholder, `configs.common.declare_evaluator_settings`)."""
+    hints = typing.get_type_hints(_class(kind).__init__)
+    return {key: hints[key] for key in spec_keys(kind) if key in hints}
 
 
 def needs(kind: str) -> list[str]:

@@ -81,7 +81,7 @@ class ExportEmbeddings:
     """
 
     def __init__(self, *, embed_fn, data_cfg, workdir, eval_batch_size, split="test", apply_head=False,
-                 num_per_class=None):  # fmt: skip
+                 num_per_class: int | None = None):  # fmt: skip
         self.embed_fn, self.data_cfg, self.workdir, self.batch_size = embed_fn, data_cfg, workdir, eval_batch_size
         self.split, self.apply_head, self.num_per_class = split, apply_head, num_per_class
 

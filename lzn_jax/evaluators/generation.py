@@ -20,7 +20,7 @@ class Samples:
     """
 
     def __init__(self, *, sample_fn, data_cfg, workdir, writer=None, samplers=("euler",), per_class=10, num=64,
-                 weights=None, seed=0):  # fmt: skip
+                 weights: tuple[str, ...] | None = None, seed=0):  # fmt: skip
         self.sample_fn, self.data_cfg, self.workdir, self.writer, self.seed = sample_fn, data_cfg, workdir, writer, seed
         self.samplers, self.weights = tuple(samplers), common.check_weights(weights)
         if sample_fn.conditional:
@@ -56,8 +56,8 @@ class Reconstruction:
     `workdir`; the rest are `config.evals.<name>` settings.
     """
 
-    def __init__(self, *, reconstruct_fn, data_cfg, mesh, workdir, sampler="euler", num=64, repeats=2, weights=None,
-                 seed=0):  # fmt: skip
+    def __init__(self, *, reconstruct_fn, data_cfg, mesh, workdir, sampler="euler", num=64, repeats=2,
+                 weights: tuple[str, ...] | None = None, seed=0):  # fmt: skip
         self.reconstruct_fn, self.data_cfg, self.mesh, self.workdir = reconstruct_fn, data_cfg, mesh, workdir
         self.sampler, self.num, self.repeats, self.seed = sampler, num, repeats, seed
         self.weights = common.check_weights(weights)

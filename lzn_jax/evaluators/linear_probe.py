@@ -305,7 +305,8 @@ class LinearProbe:
 
     def __init__(self, *, embed_fn, data_cfg, mesh, eval_batch_size, protocol=AUGMENTED, modes=("no_head",),
                  include_pixels=False, lr=3e-4, num_epochs=300, batch_size=8192, weight_decay=0.0, standardize=False,
-                 max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights=None, seed=0):  # fmt: skip
+                 max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights: tuple[str, ...] | None = None,
+                 seed=0):  # fmt: skip
         if protocol not in PROTOCOLS:
             raise ValueError(f"linear_probe protocol={protocol!r}; expected one of {PROTOCOLS}.")
         if protocol == AUGMENTED and standardize:
