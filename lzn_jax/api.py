@@ -8,7 +8,8 @@
     path   = lzn.interpolate(params, image_a, image_b, steps=8, key=key)
 
 Every method is a pure function of (params, inputs, key): jit it, vmap it, grad it, compose it (`steps` and
-`num` set output shapes: mark them static, `jax.jit(lzn.interpolate, static_argnames="steps")`). A sample's latent
+`num` set output shapes and `apply_head` chooses code: mark them static,
+`jax.jit(lzn.interpolate, static_argnames="steps")`; traced, each is refused with that advice). A sample's latent
 depends on the batch it is encoded with (all images of the batch are the anchors of one mixture); the methods
 that compute latents take `context` images that join the mixture, so this dependence is explicit.
 
@@ -131,6 +132,18 @@ class LZN:
                              f"shape {shape if hasattr(x, 'shape') else type(x).__name__}.")  # fmt: skip
         return self._images(jnp.reshape(x, (1,) + self.image_shape), name)
 
+    @staticmethod
+    def _static(method: str, **arguments) -> None:
+        """TypeError naming the fix when an argument that sets a shape or chooses code is traced (passed through
+        jax.jit without being marked static): JAX's own error (a TracerBoolConversionError deep in the task, for
+        `apply_head` and `num`) names neither the argument nor the cure. (A string `sampler` cannot be traced: jit
+        refuses it as an argument.)"""
+        for name, value in arguments.items():
+            if isinstance(value, jax.core.Tracer):
+                raise TypeError(f"`{name}` of LZN.{method} sets an output shape or chooses code, so it must be a Python "
+                                f"value, not traced: under jit mark it static, jax.jit(lzn.{method}, "
+                                f'static_argnames="{name}").')  # fmt: skip
+
     def _need(self, what: str, *capabilities: str) -> None:
         """ValueError saying what this model cannot do unless its task has `capabilities` (lzn_jax.tasks.protocol)."""
         tasks.require(self.task, *capabilities, message=f"This model (task={self.config.task!r}, "
@@ -147,6 +160,7 @@ class LZN:
 
     def embed(self, params, images, *, apply_head: bool = True) -> jax.Array:
         """Image encoder: images [B, H, W, C] -> anchors [B, Dz] (apply_head=False: pre-head features)."""
+        self._static("embed", apply_head=apply_head)
         images = self._images(images)
         self._need("embed images (it has no image encoder)", tasks.EMBEDS)
         # apply_head=False with an encoder that has no separate head: ValueError from the task, before compute.
@@ -182,6 +196,7 @@ class LZN:
         labels: [B] ints in [0, num_classes) for a label-conditional model (under jit, unchecked: an image whose
         label is out of range comes back NaN); num: a positive int for an unconditional one.
         """
+        self._static("generate", num=num)
         self._need("generate images (it has no decoder)", tasks.GENERATES)
         if self.task.conditional:
             if labels is None:
@@ -234,11 +249,7 @@ class LZN:
         context: other images [N, H, W, C] zoned with a and b. Pass a batch like the training batches: alone, the
         two images split the latent space in halves, and their latents say little about them.
         """
-        if isinstance(steps, jax.core.Tracer):
-            raise TypeError(
-                "`steps` sets the output's shape, so it must be a Python int, not traced: under jit mark it static, "
-                'jax.jit(lzn.interpolate, static_argnames="steps").'
-            )
+        self._static("interpolate", steps=steps)
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 2:
             raise ValueError(f"`steps` must be an int, at least 2 (the two ends); got {steps!r}.")
         self._need("interpolate (it needs an image encoder and a decoder)", tasks.ZONES, tasks.GENERATES)

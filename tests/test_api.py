@@ -1,6 +1,7 @@
 """The public inference API: compositions of the encoders and decoders, their input checks, and loading."""
 
 import collections
+import re
 import subprocess
 import sys
 
@@ -189,10 +190,17 @@ def test_embed_without_head_is_refused_for_an_encoder_that_has_no_separate_head(
         lzn.embed(params, images, apply_head=False)
 
 
-def test_interpolate_under_jit_asks_for_static_steps(model, images):
+@pytest.mark.parametrize("method, argument, jitted_call", [
+    ("interpolate", "steps", lambda fn, p, x: jax.jit(fn)(p, x[0], x[1], 3, key=jax.random.key(0))),
+    ("embed", "apply_head", lambda fn, p, x: jax.jit(fn)(p, x, apply_head=True)),
+    ("generate", "num", lambda fn, p, x: jax.jit(fn)(p, jax.random.key(0), jnp.arange(2), num=2)),
+])  # fmt: skip
+def test_a_shape_argument_traced_under_jit_asks_to_be_marked_static(model, images, method, argument, jitted_call):
+    """Bug: jitting `embed` or `generate` without static_argnames gave JAX's TracerBoolConversionError from deep in
+    the task, naming neither the argument nor the fix."""
     lzn, params = model
-    with pytest.raises(TypeError, match='static_argnames="steps"'):
-        jax.jit(lzn.interpolate)(params, images[0], images[1], 3, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=re.escape(f'jax.jit(lzn.{method}, static_argnames="{argument}")')):
+        jitted_call(getattr(lzn, method), params, images)
 
 
 def test_importing_the_api_pulls_in_no_training_code():
