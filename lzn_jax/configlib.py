@@ -106,15 +106,15 @@ RESUME_SAFE = (
 )  # fmt: skip
 
 
-def resume_changes(stored_json: str, config: ml_collections.ConfigDict) -> list[str]:
-    """`key: stored -> now` for each setting `config` changes from the stored config.json of the run it resumes,
-    other than RESUME_SAFE and `config.checkpoint.allow_changes` (keys or sections). Keys only one side has
-    (a config written by another version) are not compared."""
+def resume_changes(stored_json: str, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored, now)}, sorted by key, for each setting `config` changes from the stored config.json of
+    the run it resumes, other than RESUME_SAFE and `config.checkpoint.allow_changes` (keys or sections). Keys only
+    one side has (a config written by another version) are not compared."""
     stored, now = _flat(json.loads(stored_json)), _flat(json.loads(config.to_json_best_effort()))
     allowed = RESUME_SAFE + tuple(config.checkpoint.allow_changes)
     covered = lambda key: any(key == a or key.startswith(a + ".") for a in allowed)  # noqa: E731
-    return [f"{key}: {stored[key]!r} -> {now[key]!r}" for key in sorted(set(stored) & set(now))
-            if stored[key] != now[key] and not covered(key)]  # fmt: skip
+    return {key: (stored[key], now[key]) for key in sorted(set(stored) & set(now))
+            if stored[key] != now[key] and not covered(key)}  # fmt: skip
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

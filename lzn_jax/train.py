@@ -157,10 +157,11 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     with fs.GFile(path) as f:
         changes = configlib.resume_changes(f.read(), config)
     if changes:
-        flags = " ".join(f"--config.checkpoint.allow_changes={c.split(':')[0]}" for c in changes)
+        flags = " ".join(f"--config.checkpoint.allow_changes={key}" for key in changes)
+        lines = [f"{key}: {stored!r} -> {now!r}" for key, (stored, now) in changes.items()]
         raise ResumeConfigError(
             f"--workdir={workdir} holds checkpoints of a run with other settings ({len(changes)} differ):\n  "
-            + "\n  ".join(changes) + "\nResume with the settings of its config.json; or start a new --workdir from "
+            + "\n  ".join(lines) + "\nResume with the settings of its config.json; or start a new --workdir from "
             f"these weights with --config.checkpoint.path={os.path.join(workdir, 'checkpoints')}; or, to change them "
             f"on purpose, {flags}"
         )

@@ -163,11 +163,11 @@ def test_resume_changes_name_the_settings_that_change_what_is_trained():
     now.seed, now.optim.lr.decoder, now.data.image_size = 3, 2e-4, 32  # change what is trained
     now.num_train_steps, now.mesh.fsdp, now.eval_batch_size = 5000, True, 64  # schedule, layout, evaluation
     now.evals = ml_collections.ConfigDict({"samples": {"every_steps": 10}})
-    assert configlib.resume_changes(stored_json, now) == [
-        "data.image_size: 16 -> 32", "optim.lr.decoder: 0.0001 -> 0.0002", "seed: 0 -> 3"]  # fmt: skip
+    assert configlib.resume_changes(stored_json, now) == {
+        "data.image_size": (16, 32), "optim.lr.decoder": (1e-4, 2e-4), "seed": (0, 3)}  # fmt: skip
     now.checkpoint.allow_changes = ("optim.lr", "seed")  # sections or keys, changed on purpose
-    assert configlib.resume_changes(stored_json, now) == ["data.image_size: 16 -> 32"]
+    assert configlib.resume_changes(stored_json, now) == {"data.image_size": (16, 32)}
     older = json.loads(stored_json)
     del older["precision"]  # a key a config.json of another version lacks is not compared
     now.precision = "default"
-    assert configlib.resume_changes(json.dumps(older), now) == ["data.image_size: 16 -> 32"]
+    assert configlib.resume_changes(json.dumps(older), now) == {"data.image_size": (16, 32)}
