@@ -278,7 +278,7 @@ def test_non_finite_steps_are_skipped_everywhere_and_too_many_in_a_row_stop_with
     run = Process(env, args, tmp_path / "poisoned.log", script=POISONED_RUN)
     assert run.wait() == 2, run.output()[-4000:]
     output = run.output()
-    assert "error: 2 consecutive steps had a non-finite loss or gradient (step 8)" in output
+    assert "error: 2 consecutive steps had a non-finite loss or gradient (by step 8)" in output
     assert "Traceback" not in output
     # The lone bad step 3 was skipped, counted, and training went on with finite metrics.
     window = train_records(workdir)[4]

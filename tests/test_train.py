@@ -172,6 +172,26 @@ def test_a_non_finite_step_changes_nothing_but_the_counters():
 
 
 @pytest.mark.slow  # 50 s cold on 2 cores (fast-tier budget)
+@pytest.mark.parametrize("skipped, stop", [
+    (range(60, 110), 150),  # 50 in a row between two checks (steps 100 and 150): once missed, read 41 and 0
+    (range(51, 101), 100),  # 50 in a row ending at a check
+    (range(60, 109), None),  # 49 in a row: goes on
+])  # fmt: skip
+def test_too_many_skipped_steps_in_a_row_stop_the_run_wherever_they_fall(skipped, stop):
+    """The loop's check of max_consecutive_skips=50, read every 50 steps (as with log_every_steps >= 50)."""
+    watch, consecutive = train._SkipWatch(50, every=50), 0
+    for step in range(1, 201):
+        consecutive = consecutive + 1 if step in skipped else 0
+        counter = jax.numpy.asarray(consecutive)  # the step's state.consecutive_skips, a device scalar ...
+        watch.add(counter)
+        counter.delete()  # ... that the next step's donation deletes ("Array has been deleted" if it was kept)
+        longest = watch.reached(step)
+        if longest is not None:
+            assert (step, longest) == (stop, len(skipped))
+            return
+    assert stop is None
+
+
 def test_short_digits_run_writes_everything_and_resumes(tmp_path):
     # The program of test_one_step_of_every_task_updates_every_module[generation_conditional] (a cache load); its
     # decoder and label anchors freeze at step 2, so the run also crosses a freeze. (Dropout in the loop, and the
