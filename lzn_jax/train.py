@@ -232,7 +232,21 @@ class _MetricAverager:
         kept = float(self.kept)
         out = {f"train/{k}": float(v) / kept if kept else float("nan") for k, v in self.sums.items()}
         out["train/skipped_in_window"] = float(self.skipped)
+        out["train/window_steps"] = self.steps
         return out
+
+
+def _write_window(writer, step: int, averager: "_MetricAverager", state, *, flush: bool = False) -> None:
+    """Writes the train metrics of the steps since the last window (if any) at `step`.
+
+    Also called where a run stops between two log steps (SIGTERM, too many skipped steps): those steps were once
+    dropped from the metrics, and the resumed run's first window then averaged fewer steps than its neighbours
+    without saying so. `train/window_steps` says how many steps each record averages.
+    """
+    if averager.steps:
+        writer.write_scalars(step, averager.result() | {"train/skipped_steps": int(state.skipped_steps)})
+    if flush:  # the run stops here
+        writer.flush()
 
 
 class _SkipWatch:
@@ -326,6 +340,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
             longest = skips.reached(step)
             if longest is not None:
                 _save(run, state, step)  # skipped steps change nothing: this is the last good state
+                _write_window(writer, step, averager, state, flush=True)
                 raise TooManySkippedSteps(
                     f"{longest} consecutive steps had a non-finite loss or gradient (by step "
                     f"{step}); the last good state is saved in {run.manager.directory}. Lower the learning rates "
@@ -333,7 +348,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
                 )
             final = step == config.num_train_steps
             if step % config.log_every_steps == 0 or final:
-                writer.write_scalars(step, averager.result() | {"train/skipped_steps": int(state.skipped_steps)})
+                _write_window(writer, step, averager, state)
                 averager = _MetricAverager()
             # Saved, and the save committed, before the evaluations: one that fails, or a preemption during a long
             # one (FID), loses no training; a run resumed from this step evaluates at the next due step (or run
@@ -347,7 +362,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
                 writer.write_scalars(step, _run_evals(run, due, state, step))
             if not final and stop.reached(run.manager, step):
                 _save(run, state, step)
-                writer.flush()
+                _write_window(writer, step, averager, state, flush=True)  # the steps since the last log line
                 raise Interrupted(stop.message(step, run.manager.directory), stop.signal_number or signal.SIGTERM)
     writer.flush()
     return state

@@ -209,6 +209,11 @@ def test_sigint_during_the_first_compile_and_sigterm_stop_at_a_checkpoint_and_re
     expected, got = saved_items(reference, STEPS), saved_items(workdir, STEPS)
     for item in checkpoint.ITEMS:
         assert_same_arrays(got[item], expected[item], item)
+    # Every step's metrics are logged once: a stop between two log steps writes the window so far (once dropped,
+    # and the resumed run's first window then averaged fewer steps than it said).
+    windows = [r for r in files.read_jsonl(str(workdir / "metrics.jsonl")) if "train/window_steps" in r]
+    assert sum(r["train/window_steps"] for r in windows) == STEPS
+    assert {first, second} - {r["step"] for r in windows} <= set(range(0, STEPS + 1, CHECKPOINT_EVERY))
 
 
 @pytest.mark.slow
