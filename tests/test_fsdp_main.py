@@ -121,19 +121,25 @@ def test_fsdp_trains_saves_and_resumes_like_the_replicated_run(runs):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_the_other_layout_is_converted(runs, env):
-    """Step 2 of each layout resumed with the other (in parallel) continues as the replicated run."""
+def test_a_checkpoint_of_the_other_layout_or_another_device_count_is_resumed(runs, env):
+    """Step 2 of each layout resumed with the other, and the FSDP run's step 2 resumed on 4 devices instead of 8
+    (a job restarted on a smaller slice: the stored shards are laid out anew), continue as the replicated run."""
     task, root, out = runs
     if task != "generation":
         pytest.skip("the conversion is task-agnostic (it maps the optimizer state's trees): one task shows it")
+    four_devices = dict(env, XLA_FLAGS=env["XLA_FLAGS"].replace("device_count=8", "device_count=4"))
+    assert four_devices["XLA_FLAGS"] != env["XLA_FLAGS"]
     started = {}
-    for saved, resumed in (("replicated", "fsdp"), ("fsdp", "replicated")):
-        workdir = root / f"{saved}_then_{resumed}"
+    for saved, resumed, devices in (("replicated", "fsdp", 8), ("fsdp", "replicated", 8), ("fsdp", "fsdp", 4)):
+        workdir = root / f"{saved}_then_{resumed}_on_{devices}"
         copy_at_step_2(out[saved][0], workdir)
-        started[saved, resumed] = workdir, start(env, task, workdir, fsdp=resumed == "fsdp", steps=4)
-    for (saved, resumed), (workdir, process) in started.items():
+        run_env = env if devices == 8 else four_devices
+        started[saved, resumed, devices] = workdir, start(run_env, task, workdir, fsdp=resumed == "fsdp", steps=4)
+    for (saved, resumed, devices), (workdir, process) in started.items():
         restart = finish(process)
-        assert f"was saved with config.mesh.fsdp={saved == 'fsdp'}" in restart, restart[-3000:]
+        assert f"{devices} device(s)" in restart
+        if saved != resumed:
+            assert f"was saved with config.mesh.fsdp={saved == 'fsdp'}" in restart, restart[-3000:]
         assert " at step 2 " in restart
         assert sorted(losses(workdir)) == [1, 2, 3, 4]
         assert_same_run(workdir, out["replicated"][0], steps=[3, 4])
