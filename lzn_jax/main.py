@@ -8,6 +8,7 @@ r"""Entry point: parses flags, sets up devices and logging, and calls the train 
 
 import logging
 import os
+import re
 import sys
 from typing import Optional
 
@@ -81,10 +82,12 @@ def _parse_flags(argv):
             remaining = FLAGS(argv)
         except flags.Error as error:  # a config file's get_config raising ValueError/TypeError: its last line
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            if "Error whilst parsing config file" not in str(error) or not lines:
-                remaining = app.parse_flags_with_usage(argv)  # absl's message and usage for any other flag error
-            else:
+            override = re.search(r"flag '?-*config\.([\w.]+)", str(error))
+            if "Error whilst parsing config file" in str(error) and lines:
                 raise ValueError(f"--config={config_files.flag_value(argv)}: {lines[-1].split(': ', 1)[-1]}") from None
+            if override:  # absl parsing again would only say "The flag 'config.x' is defined twice"
+                raise ValueError(_bad_override(argv, override.group(1), error)) from None
+            remaining = app.parse_flags_with_usage(argv)  # absl's message and usage for any other flag error
         FLAGS.config.keys()  # ml_collections defers a config file's load failure to its first use
     except OSError as error:
         reason = " ".join(str(error).split())
@@ -92,6 +95,23 @@ def _parse_flags(argv):
     except (AttributeError, KeyError) as error:
         raise ValueError(_unknown_override(argv) or f"A --config.* override names no config key: {error}") from None
     return remaining
+
+
+def _bad_override(argv, dotted: str, error: Exception) -> str:
+    """The message for `--config.<dotted>=<value>` that ml_collections could not apply: an unknown key (the nearest
+    valid one), or a value that does not parse as the key's type (a bare "Unknown command line flag" before)."""
+    config = FLAGS["config"].parser.parse(config_files.flag_value(argv))
+    try:
+        configlib.check_key(config, dotted)
+    except ValueError as unknown:
+        return f"--config.{dotted}: {unknown}"
+    value = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--config.{dotted}=")), None)
+    current = config
+    for part in dotted.split("."):
+        current = current[part]
+    kind = type(current).__name__ if current is not None else "value of its type"
+    return (f"--config.{dotted}={value!r} is not a valid {kind} (config.{dotted} is {current!r}; write tuples as "
+            f"'(1, 2)', booleans as True/False). ({' '.join(str(error).split())})")
 
 
 def _unknown_override(argv) -> Optional[str]:

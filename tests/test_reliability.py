@@ -367,6 +367,13 @@ def test_a_misspelled_override_names_the_nearest_key_without_a_traceback(env, tm
     output = run.output()
     assert "error: --config=configs/digits_joint.py:runlokal: Unknown config argument 'runlokal'" in output
     assert "Traceback" not in output and not workdir.exists()
+    # A value that does not parse as its key's type: absl's parse-again fallback said only "The flag
+    # 'config.batch_size' is defined twice".
+    run = Process(env, cli(workdir) + ["--config.batch_size=abc"], tmp_path / "value.log")
+    assert run.wait() == 2
+    output = run.output()
+    assert "error: --config.batch_size='abc' is not a valid int (config.batch_size is 8;" in output, output[-3000:]
+    assert "defined twice" not in output and "Traceback" not in output and not workdir.exists()
 
 
 def config_with(name, **changes):
@@ -390,6 +397,10 @@ def replaced_section(name, section, **changes):
         # What ConfigDict's own type safety does not see: sections replaced wholesale.
         (lambda: replaced_section("digits_joint", "rf", euler_steps=10.5), "config.rf.euler_steps=10.5 is a float"),
         (lambda: replaced_section("digits_joint", "zoning", numsteps=3), "Did you mean 'num_steps'"),
+        # A module field of the wrong kind (`--config.encoder.ch_mult=abc` parses as a tuple of strings): once
+        # "Shapes must be 1D sequences of concrete values of integer type" from inside init.
+        (lambda: config_with("digits_joint", **{"encoder.ch_mult": ("abc",)}),
+         "NCSNPPEncoder.ch_mult=('abc',) is not a tuple[int, ...]"),
     ],
 )
 def test_bad_configs_fail_in_check_before_anything_is_built(config, message):

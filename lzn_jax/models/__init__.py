@@ -15,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import types
+import typing
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # registry key -> (module path, class name)
 _REGISTRY = {
@@ -69,6 +72,10 @@ def build(cfg: Mapping[str, Any]) -> nn.Module:
         hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
         detail = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
         raise ValueError(f"{cls.__name__} has no field(s) {detail}. Valid fields: {sorted(valid)}.")
+    hints = typing.get_type_hints(cls)
+    for key, value in fields.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise ValueError(f"{cls.__name__}.{key}={value!r} is not a {_describe(hints[key])}.")
     for key in _DTYPE_FIELDS:
         if isinstance(fields.get(key), str):
             fields[key] = jnp.dtype(fields[key])
@@ -78,3 +85,34 @@ def build(cfg: Mapping[str, Any]) -> nn.Module:
         if isinstance(value, list):  # ConfigDict round-trips tuples as lists; modules want hashables.
             fields[key] = tuple(value)
     return cls(**fields)
+
+
+def _matches(value, hint) -> bool:
+    """Whether a config value fits a module field's annotation (int, float, bool, str, tuples of them, X | None).
+
+    A value of the wrong kind once reached the network: `--config.encoder.ch_mult=abc` parses as a tuple of
+    strings, and init failed with "Shapes must be 1D sequences of concrete values of integer type".
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(item, args[0]) for item in value)
+        return len(args) == len(value) and all(_matches(item, arg) for item, arg in zip(value, args))
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint in (int, float):  # ints where floats go; never a bool for a number
+        kinds = (int, np.integer) if hint is int else (int, float, np.integer, np.floating)
+        return isinstance(value, kinds) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    return True  # Any (dtypes, precision) and other annotations are not checked here
+
+
+def _describe(hint) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
