@@ -12,6 +12,7 @@ import difflib
 import inspect
 import json
 import os
+import typing
 from typing import Any, Iterable
 
 import ml_collections
@@ -227,6 +228,7 @@ def _check_evals(config) -> None:
         if not isinstance(every, int) or isinstance(every, bool) or every < -1:
             raise ValueError(f"{where}.every_steps={every!r} must be an integer: N > 0 (every N steps and at the end), "
                              "0 (at the end only) or -1 (off).")  # fmt: skip
+        hints = evaluators.spec_hints(kind)
         for key, value in spec.items():
             if key in evaluators.SCHEDULE_KEYS or (key not in keys and "**" in keys):
                 continue
@@ -234,13 +236,24 @@ def _check_evals(config) -> None:
                 valid = (set(keys) | set(evaluators.SCHEDULE_KEYS)) - {"**"}
                 raise ValueError(_unknown_key_message(key, valid, where) + f" (the {kind!r} evaluator's settings)")
             default = keys[key]
+            if value is None and type(None) in typing.get_args(hints.get(key)):
+                continue  # e.g. shuffle_seed=None: documented, and once refused as "a NoneType; takes a int"
             if default is not inspect.Parameter.empty and default is not None and not _same_kind(value, default):
                 raise ValueError(f"{where}.{key}={value!r} is a {type(value).__name__}; the {kind!r} evaluator takes a "
                                  f"{type(default).__name__} (default {default!r}).")  # fmt: skip
+            if key in ("split", "splits"):  # every evaluator's name for the splits it reads
+                for split in (value,) if key == "split" else value:
+                    if split not in data_lib.LOGICAL_SPLITS:
+                        raise ValueError(f"{where}.{key}={value!r}: a split is one of {data_lib.LOGICAL_SPLITS} "
+                                         "(what they are in the data: data.train_split / data.test_split).")  # fmt: skip
         missing = sorted(k for k, d in keys.items() if d is inspect.Parameter.empty and k != "**" and k not in spec)
         if missing:
             raise ValueError(f"{where}: the {kind!r} evaluator needs {', '.join(missing)}.")
         if every != -1:
+            if evaluators.needs_labels(kind) and config.num_classes < 2:
+                raise ValueError(f"{where} ({kind!r}) scores against the labels, and config.num_classes="
+                                 f"{config.num_classes}: with one class every label is 0 and it would report 1.0. "
+                                 f"Switch it off with {where}.every_steps=-1, or use labelled data.")  # fmt: skip
             _check_files(where, kind, {**keys, **spec}, evaluators.FILE_ARGUMENTS.get(kind, ()))
             if task is None:  # a description of the composition: no network is initialised
                 task = tasks.build(config)

@@ -89,6 +89,10 @@ def with_evals(encoder="", **evals):
         ({"fid": {"every_steps": 10}}, ValueError, "config.evals.fid.inception_weights is not set"),
         ({"fid": {"every_steps": 10, "inception_weights": "/nonexistent/pt_inception.pth"}}, FileNotFoundError,
          "config.evals.fid.inception_weights='/nonexistent/pt_inception.pth' does not exist"),
+        # A split name that is not a logical split failed only when the evaluator first ran, hours into a run.
+        ({"class_accuracy": {"splits": ("test", "validation")}}, ValueError,
+         "config.evals.class_accuracy.splits=('test', 'validation'): a split is one of ('train', 'test')"),
+        ({"export": {"split": "val"}}, ValueError, "config.evals.export.split='val': a split is one of"),
     ],
 )
 def test_bad_evaluator_settings_fail_in_check(evals, error, message):
@@ -97,6 +101,19 @@ def test_bad_evaluator_settings_fail_in_check(evals, error, message):
     with pytest.raises(error) as info:
         configlib.check(with_evals(**evals))
     assert message in str(info.value)
+
+
+def test_documented_none_settings_pass_and_label_scores_need_labels():
+    """`shuffle_seed=None` (read the split in its own order) was refused as "a NoneType; takes a int"; and a
+    linear probe on unlabeled data (num_classes=1) reported accuracy 1.0 for any encoder."""
+    configlib.check(with_evals(class_accuracy={"shuffle_seed": None, "every_steps": -1},
+                               fid={"reference_shuffle_seed": None, "every_steps": -1}))  # fmt: skip
+    unlabeled = with_evals(linear_probe={"every_steps": 5})
+    unlabeled.num_classes = 1
+    with pytest.raises(ValueError, match=r"config\.evals\.linear_probe \('linear_probe'\) scores against the labels"):
+        configlib.check(unlabeled)
+    unlabeled.evals.linear_probe.every_steps = -1
+    configlib.check(unlabeled)
 
 
 def test_good_evaluator_settings_pass(tmp_path):

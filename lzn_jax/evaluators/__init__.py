@@ -83,6 +83,12 @@ def spec_hints(kind: str) -> dict:
     return {key: hints[key] for key in spec_keys(kind) if key in hints}
 
 
+def needs_labels(kind: str) -> bool:
+    """Whether the evaluator `kind` scores against the dataset's labels (its class sets NEEDS_LABELS): with
+    `num_classes=1` every label is 0 and its accuracy is 1.0 whatever the model."""
+    return bool(getattr(_class(kind), "NEEDS_LABELS", False))
+
+
 def needs(kind: str) -> list[str]:
     """The prediction functions (`predict.NEEDS` keys) the evaluator `kind` is built from, by its signature."""
     from lzn_jax.evaluators import predict

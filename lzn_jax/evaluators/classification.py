@@ -39,8 +39,9 @@ class ClassAccuracy:
     `eval_batch_size` (the default `batch_size`); the rest are `config.evals.<name>` settings."""
 
     def __init__(self, *, classify_fn, data_cfg, mesh, eval_batch_size, splits=("test", "train"), stds=(1.0,),
-                 batch_size: int | None = None, metric="accuracy", shuffle_seed=0, max_host_bytes=common.DEFAULT_MAX_HOST_BYTES,
-                 weights: tuple[str, ...] | None = None, seed=0):  # fmt: skip
+                 batch_size: int | None = None, metric="accuracy", shuffle_seed: int | None = 0,
+                 max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights: tuple[str, ...] | None = None,
+                 seed=0):  # fmt: skip
         self.classify_fn, self.data_cfg, self.mesh = classify_fn, data_cfg, mesh
         self.splits, self.stds = tuple(splits), tuple(float(s) for s in stds)
         self.batch_size = batch_size or eval_batch_size

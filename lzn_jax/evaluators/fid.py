@@ -316,7 +316,7 @@ class FID:
 
     def __init__(self, *, sample_fn, data_cfg, mesh, workdir, eval_batch_size, inception_weights="",
                  samplers=("rk45", "euler"), metric="fid", num_samples=50000, split="train", pipelines=(CLEAN,),
-                 num_reference_samples=0, reference_shuffle_seed=0, batch_size: int | None = None,
+                 num_reference_samples=0, reference_shuffle_seed: int | None = 0, batch_size: int | None = None,
                  max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights: tuple[str, ...] | None = None,
                  seed=0):  # fmt: skip
         if not inception_weights:

@@ -303,10 +303,15 @@ class LinearProbe:
     `fit_linear_probe`; `modes`: any of ("no_head", "head")).
     """
 
+    NEEDS_LABELS = True  # see evaluators.needs_labels
+
     def __init__(self, *, embed_fn, data_cfg, mesh, eval_batch_size, protocol=AUGMENTED, modes=("no_head",),
                  include_pixels=False, lr=3e-4, num_epochs=300, batch_size=8192, weight_decay=0.0, standardize=False,
                  max_host_bytes=common.DEFAULT_MAX_HOST_BYTES, weights: tuple[str, ...] | None = None,
                  seed=0):  # fmt: skip
+        if data_cfg.num_classes < 2:
+            raise ValueError(f"The linear probe needs labelled data (data.num_classes={data_cfg.num_classes}): with one "
+                             "class every label is 0 and it scores 1.0 whatever the encoder.")  # fmt: skip
         if protocol not in PROTOCOLS:
             raise ValueError(f"linear_probe protocol={protocol!r}; expected one of {PROTOCOLS}.")
         if protocol == AUGMENTED and standardize:
