@@ -5,7 +5,7 @@ import pytest
 from sklearn.datasets import load_digits
 from support import load_config
 
-from lzn_jax import parallel
+from lzn_jax import data, parallel
 from lzn_jax.evaluators import linear_probe
 
 
@@ -117,9 +117,13 @@ def test_frozen_probe_yields_each_mode_and_probes_pixels_once():
     assert evaluator.host_memory_bytes() == 4 * (1437 + 360) * (256 + 2 + 256)  # no-head, head and pixel features
 
 
-def test_evaluator_rejects_unknown_modes():
+def test_evaluator_rejects_unknown_modes_and_unlabeled_data():
+    labelled, unlabeled = data.default_config(), data.default_config()
+    unlabeled.num_classes = 1
     with pytest.raises(ValueError, match="latent"):
-        linear_probe.LinearProbe(embed_fn=None, data_cfg=None, mesh=None, eval_batch_size=8, modes=("latent",))
+        linear_probe.LinearProbe(embed_fn=None, data_cfg=labelled, mesh=None, eval_batch_size=8, modes=("latent",))
+    with pytest.raises(ValueError, match=r"needs labelled data \(data.num_classes=1\)"):  # it scored 1.0
+        linear_probe.LinearProbe(embed_fn=None, data_cfg=unlabeled, mesh=None, eval_batch_size=8)
 
 
 def _epoch_minibatches(x, y, *, seed, num_epochs, batch_size):
