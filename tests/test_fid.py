@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import scipy.linalg
 from PIL import Image
 
 from lzn_jax import data, parallel
+from lzn_jax.data import image_folder
 from lzn_jax.evaluators import common, fid, inception
 
 
@@ -282,12 +284,20 @@ def test_reference_statistics_are_cached_per_data_setting(weights_file, tmp_path
         cfg.update(changes)
         return fid.FID(data_cfg=cfg, **kwargs)
 
+    shutil.copytree(tmp_path / "images", tmp_path / "other")  # the same images elsewhere, under the same name
+    shutil.copytree(tmp_path / "images" / "train", tmp_path / "images" / "train2")
     base = evaluator().cache_path("clean")
     changed = [evaluator(data_dir=str(tmp_path / "other")), evaluator(train_split="train2"), evaluator(num_channels=1),
-               evaluator(eval_crop_fraction=0.875), evaluator(image_key="img"), evaluator(source="tfds")]  # fmt: skip
+               evaluator(eval_crop_fraction=0.875), evaluator(image_key="img")]  # fmt: skip
     assert len({base, *(e.cache_path("clean") for e in changed)}) == 1 + len(changed)
     # Settings that do not change the reference split's images keep the cache.
-    assert evaluator(test_split="elsewhere", shuffle_buffer=5, augmentation="flip").cache_path("clean") == base
+    assert evaluator(test_split="train2", shuffle_buffer=5, augmentation="flip").cache_path("clean") == base
+    # More images in the folder (statistics of a folder read while it was being copied were reused after).
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "train" / "img_late.png")
+    image_folder.list_images.cache_clear()  # a later run: a new process lists the folder afresh
+    assert evaluator().cache_path("clean") != base
+    os.remove(tmp_path / "images" / "train" / "img_late.png")
+    image_folder.list_images.cache_clear()
     first = evaluator()
     first._save_cached("clean", np.zeros(2), np.eye(2), count=3)
     assert first._load_cached("clean") is not None
