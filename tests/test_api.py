@@ -178,7 +178,8 @@ def test_load_a_workdir_written_by_training(tmp_path):
     # A checkpoint directory without config.json, with the config as a file (how convert's --out is loaded); a
     # path string once failed with an AttributeError inside LZN.from_config.
     config_file = tmp_path / "tiny.py"
-    config_file.write_text("from support import tiny_joint_config\n\n\ndef get_config():\n    return tiny_joint_config()\n")
+    config_file.write_text("from support import tiny_joint_config\n\n\n"
+                           "def get_config():\n    return tiny_joint_config()\n")  # fmt: skip
     _, from_file = api.load(tmp_path / "checkpoints", config=str(config_file))
     jax.tree.map(np.testing.assert_array_equal, from_file, state.ema_params)
 

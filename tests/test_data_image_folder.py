@@ -61,7 +61,10 @@ def test_labels_come_from_file_name_prefixes_when_conditional(root):
     np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 1])  # cat, dog in sorted order
     _, unconditional = data.load_arrays(folder_cfg(root), "train")
     np.testing.assert_array_equal(unconditional, 0)
-    with pytest.raises(ValueError, match="has 2 classes"):
+    # The count's error says what was taken as classes: with one folder per class (AFHQ's train/cat, train/dog of
+    # flickr_*/pixabay_* files) its advice alone once led to labels by photo site.
+    with pytest.raises(ValueError, match=r"has 2 classes \(a file's class is its name before the first '_', not its "
+                                         r"folder: 'cat', 'dog'; "):  # fmt: skip
         data.train_iterator(folder_cfg(root, num_classes=3), batch_size=2, seed=0)
 
 

@@ -235,7 +235,8 @@ def _build_source(data_cfg):
     if data_cfg.num_classes not in (1, source.num_classes):
         raise ValueError(
             f"data.num_classes={data_cfg.num_classes}, but {data_cfg.source} {data_cfg.name!r} has "
-            f"{source.num_classes} classes; set data.num_classes={source.num_classes} (or 1 for unconditional)."
+            f"{source.num_classes} classes{source.classes_note()}; set data.num_classes={source.num_classes} (or 1 "
+            "for unconditional)."
         )
     return source
 

@@ -15,6 +15,10 @@ class Source(abc.ABC):
 
     num_classes: int  # distinct labels in the dataset; 1 when it has none
 
+    def classes_note(self) -> str:
+        """What the classes are, where a user may not expect it (appended to class-count errors); "" if obvious."""
+        return ""
+
     @abc.abstractmethod
     def num_examples(self, split: str) -> int:
         """Examples in the whole split, over all hosts."""

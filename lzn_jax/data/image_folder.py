@@ -58,10 +58,18 @@ class ImageFolderSource(IndexedSource):
             )
         self._files = {split: np.array(_listed_folder(cfg, split)) for split in _SPLIT_KEYS}
         names = sorted({class_name(path) for path in self._files["train"]})
-        self.num_classes = len(names)
+        self.num_classes, self._class_names = len(names), names
         self._labels = {split: np.zeros(len(files), np.int32) for split, files in self._files.items()}
         if cfg.num_classes > 1:
             self._labels = {split: _class_ids(files, names, cfg) for split, files in self._files.items()}
+
+    def classes_note(self) -> str:
+        # A folder per class (AFHQ's train/cat, train/dog) is not how classes are read: the note shows the
+        # prefixes taken as classes (e.g. 'flickr', 'pixabay'), so that the advice to set their count is not
+        # followed blindly.
+        shown = ", ".join(repr(n) for n in self._class_names[:8]) + (", …" if len(self._class_names) > 8 else "")
+        return (f" (a file's class is its name before the first '_', not its folder: {shown}; the official "
+                "conditional mode)")
 
     def num_examples(self, split: str) -> int:
         return len(self._files[split])
