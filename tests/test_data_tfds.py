@@ -117,6 +117,10 @@ def test_wrong_num_classes_and_split_are_reported(mocked):
         data.train_iterator(imagenet_cfg(mocked, num_classes=10), batch_size=8, seed=0)
     with pytest.raises(ValueError, match="data.test_split='validation' is not a split of cifar10"):
         data.eval_iterator(cifar_cfg(mocked, test_split="validation"), split="test", batch_size=8)
+    # "a+b" gave hosts uneven shares (tfds.even_splits divides each part): examples dropped, a two-process
+    # evaluation hung on one host's extra batch.
+    with pytest.raises(ValueError, match=r"data.train_split='train\+test': splits joined with '\+' are not supported"):
+        data.train_iterator(cifar_cfg(mocked, train_split="train+test"), batch_size=8, seed=0)
 
 
 def test_unprepared_cifar10_says_how_to_build_it(tmp_path, caplog):

@@ -104,7 +104,14 @@ class TfdsSource(Source):
 
 
 def _split_size(info, cfg, key):
-    """Examples in the split named by `cfg[key]` (any TFDS split string, e.g. "train[:90%]")."""
+    """Examples in the split named by `cfg[key]` (a TFDS split string, e.g. "train[:90%]", without "+")."""
+    if "+" in cfg[key]:
+        # tfds.even_splits divides each part of "a+b" separately: hosts got unequal shares (examples dropped, a
+        # multi-host evaluation waiting forever on one host's extra batch) and steps_per_epoch disagreed with them.
+        raise ValueError(
+            f"data.{key}={cfg[key]!r}: splits joined with '+' are not supported (their per-host shares are uneven). "
+            "Use one split of the dataset, sliced as you need (e.g. 'train[:90%]')."
+        )
     try:
         return info.splits[cfg[key]].num_examples
     except (KeyError, ValueError) as error:
