@@ -54,6 +54,16 @@ def test_listing_is_sorted_recursive_and_skips_non_images_and_hidden_entries(roo
     assert data.num_examples(folder_cfg(root), "train") == 6 and data.num_examples(folder_cfg(root), "test") == 2
 
 
+def test_a_linked_folder_loop_lists_each_image_once(tmp_path):
+    """A link to a parent folder (`a/loop -> ..`) once listed the same 6 images 246 times, through a/loop/a/loop/…"""
+    for name in ("x_0.png", "a/y_0.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name)
+    os.symlink("..", tmp_path / "a" / "loop")
+    listed = image_folder.list_images(str(tmp_path))
+    assert [os.path.relpath(p, tmp_path) for p in listed] == ["a/y_0.png", "x_0.png"]
+
+
 def test_labels_come_from_file_name_prefixes_when_conditional(root):
     cfg = folder_cfg(root, num_classes=2)
     assert data.num_classes(cfg) == 2

@@ -29,7 +29,17 @@ def build(cfg: ml_collections.ConfigDict) -> "ImageFolderSource":
 @functools.lru_cache(maxsize=8)
 def list_images(folder: str) -> tuple[str, ...]:
     """Every image under `folder`: entries sorted by name at each level, sub-folders expanded in place, hidden
-    entries (names starting with ".") left out: an undecodable "._x.png" would otherwise stop a run mid-epoch."""
+    entries (names starting with ".") left out: an undecodable "._x.png" would otherwise stop a run mid-epoch.
+    A linked folder already listed (a link to a parent makes a loop) is listed once: a loop once repeated the
+    same images 40 times over."""
+    return tuple(_listed(folder, seen=set()))
+
+
+def _listed(folder: str, *, seen: set) -> list[str]:
+    real = os.path.realpath(folder) if "://" not in folder else folder  # object stores have no links
+    if real in seen:
+        return []
+    seen.add(real)
     found = []
     for entry in sorted(tf.io.gfile.listdir(folder)):
         entry = entry.rstrip("/")  # gfile marks directories on some file systems
@@ -39,8 +49,8 @@ def list_images(folder: str) -> tuple[str, ...]:
         if "." in entry and entry.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS:
             found.append(path)
         elif tf.io.gfile.isdir(path):  # only names that are not images are checked: one call each on GCS
-            found.extend(list_images(path))
-    return tuple(found)
+            found.extend(_listed(path, seen=seen))
+    return found
 
 
 def class_name(path: str) -> str:
