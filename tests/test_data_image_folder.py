@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from lzn_jax import data
-from lzn_jax.data import image_folder
+from lzn_jax.data import base, image_folder, pipeline
 
 TRAIN_FILES = ["cat_1.png", "cat_4.gif", "cat_sub/cat_3.jpg", "dog_2.png", "dog_5.png", "dog_6.png"]
 
@@ -62,6 +62,30 @@ def test_a_linked_folder_loop_lists_each_image_once(tmp_path):
     os.symlink("..", tmp_path / "a" / "loop")
     listed = image_folder.list_images(str(tmp_path))
     assert [os.path.relpath(p, tmp_path) for p in listed] == ["a/y_0.png", "x_0.png"]
+
+
+def test_a_corrupt_image_is_named_with_the_step_that_reads_it(tmp_path):
+    """TensorFlow reports a truncated file as "Invalid PNG data, size 60" with no path, and an image-folder run
+    stopped there again at every resume while the user searched millions of files for it."""
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "train")
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "train" / f"img_{i:02d}.png")
+    bad = tmp_path / "train" / "img_07.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    cfg = data.default_config()
+    cfg.update(source="image_folder", name="x", data_dir=str(tmp_path), train_split="train", test_split="train",
+               num_classes=1, num_channels=3, image_size=8)  # fmt: skip
+    order = base.epoch_order(20, seed=0, epoch=0, local_batch=4, process_count=1)
+    step = 1 + next(s for s in range(len(order)) if 7 in order[s])
+    for start_step in (0, step - 1):  # from the start, and resumed just before it
+        batches = data.train_iterator(cfg, batch_size=4, seed=0, start_step=start_step)
+        with pytest.raises(pipeline.UnreadableExample, match=rf"Cannot decode {bad} \(Invalid PNG data, size 60\), "
+                                                             rf"read for train step {step}: remove or replace it"):  # fmt: skip
+            for _ in range(len(order)):
+                next(batches)
+    with pytest.raises(pipeline.UnreadableExample, match=rf"{bad} .*, read for test batch 2 of 5"):
+        list(data.eval_iterator(cfg, split="test", batch_size=4))
 
 
 def test_labels_come_from_file_name_prefixes_when_conditional(root):

@@ -41,6 +41,12 @@ class Source(abc.ABC):
     def decode(self, record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         """One record (a dict of tensors) -> (image float32 [h, w, c] in [0, 1], label int32 [])."""
 
+    def unreadable(self, split: str, indices: np.ndarray) -> list[str]:
+        """"<what> (<why>)" for each example at `indices` [n] of `split` that cannot be decoded; [] where the source
+        cannot tell which (the pipeline then reports TensorFlow's own error)."""
+        del split, indices
+        return []
+
 
 class IndexedSource(Source):
     """A source with random access by example index: epochs are full permutations, resuming is O(1)."""
@@ -49,12 +55,18 @@ class IndexedSource(Source):
     def records(self, split: str, indices: np.ndarray) -> tf.data.Dataset:
         """The records at `indices` [n] of `split`, in that order."""
 
-    def train_records(self, *, seed, epoch, first_step, steps, local_batch, process_index, process_count):
-        del steps  # epoch_order drops the same remainder the pipeline's step count does
+    def train_indices(self, *, seed, epoch, first_step, local_batch, process_index, process_count) -> np.ndarray:
+        """This host's example indices [steps - first_step, local_batch] of `epoch`'s steps from `first_step`."""
         order = epoch_order(
             self.num_examples("train"), seed=seed, epoch=epoch, local_batch=local_batch, process_count=process_count
         )
-        return self.records("train", order[first_step:, process_index].reshape(-1))
+        return order[first_step:, process_index]
+
+    def train_records(self, *, seed, epoch, first_step, steps, local_batch, process_index, process_count):
+        del steps  # epoch_order drops the same remainder the pipeline's step count does
+        indices = self.train_indices(seed=seed, epoch=epoch, first_step=first_step, local_batch=local_batch,
+                                     process_index=process_index, process_count=process_count)  # fmt: skip
+        return self.records("train", indices.reshape(-1))
 
     def eval_records(self, split, *, process_index, process_count):
         start, stop = host_range(self.num_examples(split), process_index, process_count)

@@ -11,6 +11,7 @@ Images are decoded to RGB. With `data.num_classes > 1` the class of `dog_0001.pn
 
 import functools
 import os
+import re
 
 import ml_collections
 import numpy as np
@@ -92,6 +93,16 @@ class ImageFolderSource(IndexedSource):
     def decode(self, record):
         image = tf.io.decode_image(tf.io.read_file(record["path"]), channels=3, expand_animations=False)
         return tf.image.convert_image_dtype(image, tf.float32), record["label"]
+
+    def unreadable(self, split, indices):
+        found = []
+        for path in self._files[split][indices]:
+            try:  # the pipeline's own decoder, eagerly
+                tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            except tf.errors.OpError as error:  # "{{function_node …}} Invalid PNG data, size 60 [Op:DecodeImage]"
+                reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message.splitlines()[0]).strip()
+                found.append(f"{path} ({reason})")
+        return found
 
 
 def _listed_folder(cfg, split):

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from lzn_jax.data import augment
-from lzn_jax.data.base import Source, host_range
+from lzn_jax.data.base import IndexedSource, Source, host_range
 
 try:
     # tf.data only feeds the host; keep TensorFlow off accelerators so it cannot take their memory from JAX.
@@ -40,13 +40,16 @@ def train_batches(
     def epochs():
         epoch, first_step = divmod(start_step, steps)
         while True:
-            records = source.train_records(
-                seed=seed, epoch=epoch, first_step=first_step, steps=steps, local_batch=local_batch,
-                process_index=process_index, process_count=process_count,
-            )
+            where = dict(seed=seed, epoch=epoch, first_step=first_step, local_batch=local_batch,
+                         process_index=process_index, process_count=process_count)  # fmt: skip
+            records = source.train_records(steps=steps, **where)
             first_record = (epoch * steps + first_step) * local_batch  # this host's records before this one
             ds = records.enumerate(start=first_record).map(to_example, num_parallel_calls=_parallel_calls(cfg))
-            yield from _batched(ds, local_batch, cfg).as_numpy_iterator()
+            batch_indices = lambda where=where: (  # noqa: E731
+                source.train_indices(**where) if isinstance(source, IndexedSource) else None)
+            first_global_step = epoch * steps + first_step + 1
+            yield from _naming_unreadable(_batched(ds, local_batch, cfg).as_numpy_iterator(), source, "train",
+                                          batch_indices, lambda k, s=first_global_step: f"train step {s + k}")  # fmt: skip
             epoch, first_step = epoch + 1, 0
 
     return epochs()
@@ -74,7 +77,42 @@ def eval_batches(
     }
     ds = records.map(to_example, num_parallel_calls=_parallel_calls(cfg))
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_batches * local_batch - (stop - start)))
-    return _batched(ds, local_batch, cfg).as_numpy_iterator()
+    in_order = np.arange(start, start + num_batches * local_batch).reshape(num_batches, local_batch)
+    batch_indices = lambda: np.where(in_order < stop, in_order, start)  # noqa: E731 (padding rows: a real row)
+    return _naming_unreadable(_batched(ds, local_batch, cfg).as_numpy_iterator(), source, split, batch_indices,
+                              lambda k: f"{split} batch {k + 1} of {num_batches}")  # fmt: skip
+
+
+class UnreadableExample(ValueError):
+    """An example of the dataset cannot be decoded (a truncated or corrupt image file)."""
+
+
+def _naming_unreadable(batches, source, split, batch_indices, describe) -> Iterator[Batch]:
+    """`batches`, with a decoding error turned into `UnreadableExample` naming the file(s) when the source can.
+
+    tf.data reports a corrupt file as "Invalid PNG data, size 60 [[{{node decode_image/DecodeImage}}]]", with no
+    path: an image-folder run stopped there again at every resume, and the user searched millions of files. The
+    failing batch's indices are known (the order is a pure function of seed, epoch and step), so its files are
+    decoded again one by one to find the culprit.
+    """
+    count = 0
+    try:
+        for batch in batches:
+            yield batch
+            count += 1
+    except tf.errors.InvalidArgumentError as error:
+        indices = batch_indices()
+        found = []
+        for k in range(count, min(count + 1 + PREFETCH_BATCHES, 0 if indices is None else len(indices))):  # the failing batch, or just after
+            found = source.unreadable(split, np.asarray(indices[k]))
+            if found:
+                break
+        if not found:
+            raise
+        raise UnreadableExample(
+            f"Cannot decode {'; '.join(found)}, read for {describe(k)}: remove or replace it, then run the same "
+            "command again (a training run resumes from its newest checkpoint)."
+        ) from None
 
 
 def _train_example_fn(source, cfg, *, seed, batch_size, local_batch, process_index):
