@@ -306,6 +306,26 @@ def test_reference_statistics_are_cached_per_data_setting(weights_file, tmp_path
     assert first._load_cached("clean") is None
 
 
+def test_sample_labels_are_balanced_over_all_samples_not_per_batch(weights_file, tmp_path):
+    """Bug: labels cycled within each batch (np.arange(batch_size) % K for every batch), so with 4 per batch and
+    10 classes, classes 0-3 got three samples of ten and 4-9 one or two."""
+
+    class Labels(ReplaySamples):
+        num_classes = 10
+
+        def __call__(self, params, key, labels, sampler):
+            self.keys.append(np.asarray(labels))
+            return np.zeros((len(labels), 8, 8, 3), np.float32)
+
+    recorder = Labels(None)
+    evaluator = fid.FID(sample_fn=recorder, data_cfg=_image_folder(tmp_path / "images", count=3), mesh=None,
+                        workdir=str(tmp_path), eval_batch_size=4, inception_weights=weights_file, num_samples=30)  # fmt: skip
+    evaluator.features = lambda images, pipeline: np.zeros((len(images), 3))
+    evaluator.sample_moments(params=None, sampler="euler")
+    used = np.concatenate(recorder.keys)[:30]
+    np.testing.assert_array_equal(np.bincount(used, minlength=10), np.full(10, 3))
+
+
 def test_fid_checks_its_arguments(weights_file, tmp_path):
     data_cfg = _image_folder(tmp_path / "images", count=3)
     kwargs = dict(sample_fn=None, data_cfg=data_cfg, mesh=parallel.make_mesh(-1), workdir=str(tmp_path),
