@@ -21,11 +21,12 @@ PARAM_ITEMS = ("params", "ema_params")
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint whose arrays do not fit the model the config builds; `step` is the checkpoint's step."""
+    """A checkpoint whose arrays do not fit the model the config builds; `step` is the checkpoint's step.
+    `missing`: the whole items it lacks; `incomplete`: that is all that differs (damage, not another model)."""
 
-    def __init__(self, message: str, step: int):
+    def __init__(self, message: str, step: int, missing: tuple[str, ...] = (), incomplete: bool = False):
         super().__init__(message)
-        self.step = step
+        self.step, self.missing, self.incomplete = step, missing, incomplete
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -54,7 +55,8 @@ def save(mngr: ocp.CheckpointManager, step: int, items: dict[str, Any]) -> None:
         )
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) -> Optional[tuple[int, dict]]:
+def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any], *,
+                   set_aside: bool = True) -> Optional[tuple[int, dict]]:  # fmt: skip
     """Restores the newest restorable checkpoint into `abstract_items`' structure and shardings.
 
     Returns (step, items), or None only when the directory holds no checkpoint at all. A run never restarts from
@@ -66,11 +68,22 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) 
       taken for damage) is skipped with a warning saying so, falling back to the previous one; once one restores,
       the damaged newer ones are renamed `<step>.damaged` (`_set_aside`), so the resumed run saves those steps
       again (Orbax saves no step at or below its newest: the run would otherwise end on its damaged checkpoint);
+    - a checkpoint missing a whole item (`params/`, `opt_state/` or their metadata gone: a partial copy of a
+      workdir) is damage too: it once stopped the run as a config mismatch, advising a fresh --workdir;
     - when every checkpoint fails to read, CheckpointRestoreError names each step tried and why it failed.
+    set_aside=False (evaluating: read only) falls back the same way but renames nothing.
     """
     failures = []
     for step in sorted(mngr.all_steps(), reverse=True):
-        check_compatible(mngr, step, abstract_items)
+        try:
+            check_compatible(mngr, step, abstract_items)
+        except CheckpointMismatchError as mismatch:
+            if not mismatch.incomplete:
+                raise
+            failures.append(f"step {step}: incomplete: {', '.join(mismatch.missing)}")
+            logging.warning("Checkpoint %s is incomplete (%s); falling back to the previous checkpoint.",
+                            os.path.join(str(mngr.directory), str(step)), failures[-1])  # fmt: skip
+            continue
         try:
             items = _restore_twice(mngr, step, abstract_items)
         except Exception as error:  # noqa: BLE001 -- the arrays fit, so a read failure is damage: try the previous
@@ -81,8 +94,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_items: dict[str, Any]) 
             )  # fmt: skip
             continue
         if failures:
-            logging.warning("Resumed from step %d, past %d damaged newer checkpoint(s).", step, len(failures))
-            _set_aside(mngr, [s for s in mngr.all_steps() if s > step])
+            logging.warning("Restored step %d, past %d damaged newer checkpoint(s).", step, len(failures))
+            if set_aside:
+                _set_aside(mngr, [s for s in mngr.all_steps() if s > step])
         return step, items
     if failures:
         raise CheckpointRestoreError(
@@ -131,6 +145,8 @@ def restore_params(directory: str, abstract_params: dict[str, Any], step: Option
     """`params` and `ema_params` of the (newest) checkpoint in `directory`, e.g. one made by lzn_jax.convert."""
     if not epath.Path(directory).is_dir():  # local or gs://
         raise FileNotFoundError(f"config.checkpoint.path={directory!r} is not a directory of Orbax checkpoints.")
+    if (epath.Path(directory) / "checkpoints").is_dir():  # a --workdir of lzn_jax.main, as api.load takes it
+        directory = os.path.join(directory, "checkpoints")
     mngr = manager(directory, read_only=True)
     step = mngr.latest_step() if step is None else step
     if step is None:
@@ -155,10 +171,11 @@ def check_compatible(mngr, step: int, abstract_items: dict[str, Any]) -> None:
         stored = mngr.item_metadata(step)
     except Exception:  # noqa: BLE001 -- unreadable metadata is handled as an unreadable checkpoint
         return
-    problems = []
+    problems, missing = [], []
     for item in abstract_items:
         if stored.get(item) is None:
             problems.append(f"item {item!r} is missing")
+            missing.append(item)
             continue
         problems += _tree_differences(item, _shapes(stored[item].tree), _shapes(abstract_items[item]))
     if problems:
@@ -167,8 +184,8 @@ def check_compatible(mngr, step: int, abstract_items: dict[str, Any]) -> None:
         raise CheckpointMismatchError(
             f"Checkpoint {where} does not match the state this config builds ({len(problems)} differences):\n"
             f"  {listing}\nUse the config the checkpoint was trained with, or a fresh --workdir.",
-            step,
-        )
+            step, tuple(missing), incomplete=len(problems) == len(missing),
+        )  # fmt: skip
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -124,11 +124,17 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, resuming: bool = T
     built = build(config, mesh)
     task, optimizer, shardings = built.task, built.optimizer, built.shardings
     target = _abstract_items(built.abstract_state, shardings, mesh)
-    manager = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    # Evaluating reads the checkpoints only: a writable manager deletes every `*.orbax-checkpoint-tmp` it finds,
+    # and an evaluation started beside a live training run deleted the save it was writing (the run then died).
+    manager = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+                                 read_only=not resuming)  # fmt: skip
     if resuming and manager.all_steps():
         check_resume(config, workdir)
+        if config.checkpoint.path:
+            logging.info("--workdir has checkpoints: resuming from them; config.checkpoint.path (%s) is not used.",
+                         config.checkpoint.path)  # fmt: skip
     start = time.perf_counter()
-    restored = _restore_latest(config, mesh, manager, target)
+    restored = _restore_latest(config, mesh, manager, target, set_aside=resuming)  # evaluating renames nothing
     if restored is not None:
         step, items = restored
         state = train_state.TrainState.from_items(items)
@@ -167,14 +173,14 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
         )
 
 
-def _restore_latest(config, mesh, manager, target: dict):
+def _restore_latest(config, mesh, manager, target: dict, *, set_aside: bool = True):
     """`checkpoint.restore_latest` into `target`; a checkpoint of the other `mesh.fsdp` layout is converted.
 
     The layouts differ in the Adam state only (raveled per module, or trees: `optim.Optimizer`), so a
     run can switch FSDP on or off between restarts. Any other mismatch stops with the arrays that differ.
     """
     try:
-        return checkpoint.restore_latest(manager, target)
+        return checkpoint.restore_latest(manager, target, set_aside=set_aside)
     except checkpoint.CheckpointMismatchError as mismatch:
         other_config = config.copy_and_resolve_references()
         other_config.mesh.fsdp = not config.mesh.fsdp
@@ -184,7 +190,7 @@ def _restore_latest(config, mesh, manager, target: dict):
             checkpoint.check_compatible(manager, mismatch.step, other_target)
         except checkpoint.CheckpointMismatchError:
             raise mismatch from None
-    step, items = checkpoint.restore_latest(manager, other_target)
+    step, items = checkpoint.restore_latest(manager, other_target, set_aside=set_aside)
     logging.warning(
         "Checkpoint step %d was saved with config.mesh.fsdp=%s; this run has config.mesh.fsdp=%s: converting its Adam "
         "state to this layout.", step, other_config.mesh.fsdp, config.mesh.fsdp,
@@ -352,11 +358,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
                 averager = _MetricAverager()
             # Saved, and the save committed, before the evaluations: one that fails, or a preemption during a long
             # one (FID), loses no training; a run resumed from this step evaluates at the next due step (or run
-            # --mode=eval). (Left writing in the background during a minutes-long evaluation, Orbax's commit of
-            # the step failed: "Checkpoint directory does not exist: .../2.orbax-checkpoint-tmp/ema_params...".)
-            if step % config.checkpoint_every_steps == 0 or final:
-                _save(run, state, step)
+            # --mode=eval). Also a step that is evaluated but not a checkpoint step (repr_imagenet probes every
+            # 1000 steps and checkpoints every 2000): a preemption during its probe lost up to 1000 steps.
+            # (Left writing in the background during a minutes-long evaluation, Orbax's commit of the step failed:
+            # "Checkpoint directory does not exist: .../2.orbax-checkpoint-tmp/ema_params...".)
             due = [e for e in evals if final or (e.every_steps > 0 and step % e.every_steps == 0)]
+            if step % config.checkpoint_every_steps == 0 or final or due:
+                _save(run, state, step)
             if due:
                 run.manager.wait_until_finished()
                 writer.write_scalars(step, _run_evals(run, due, state, step))
@@ -473,8 +481,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     if not enabled:
         raise ValueError(f"--mode=eval: every evaluator of config.evals ({sorted(config.evals)}) is switched off "
                          "(every_steps=-1); switch one on, e.g. --config.evals.<name>.every_steps=0.")  # fmt: skip
-    if not config.checkpoint.path and not checkpoint.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps():
+    has_checkpoints = bool(checkpoint.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps())
+    if not config.checkpoint.path and not has_checkpoints:
         raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints and no config.checkpoint.path: nothing to evaluate.")
+    if config.checkpoint.path and has_checkpoints:  # which one? the workdir's was evaluated, silently
+        raise ValueError(f"--mode=eval with config.checkpoint.path={config.checkpoint.path!r} and a --workdir that has "
+                         f"checkpoints of its own ({workdir}/checkpoints): evaluate checkpoint.path in a new --workdir, "
+                         "or leave checkpoint.path out to evaluate the workdir's newest checkpoint.")  # fmt: skip
     run = setup(config, workdir, resuming=False)
     writer = writers.create(workdir)
     with jax.set_mesh(run.mesh):

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -183,3 +184,40 @@ def test_damaged_metadata_is_damage_too(tmp_path, caplog):
     assert step == 1
     np.testing.assert_array_equal(restored["params"]["decoder"]["bias"], 1.0)
     assert str(directory / "2") in caplog.text and "damaged" in caplog.text
+
+
+@pytest.mark.parametrize("removed", ["opt_state", "meta", "params/_METADATA+_CHECKPOINT_METADATA"])
+def test_a_newest_checkpoint_missing_an_item_is_damage_not_another_model(tmp_path, caplog, removed):
+    """A partial copy of a workdir (an item's folder or its metadata gone) stopped the run as a config mismatch
+    ("item 'opt_state' is missing ... Use the config the checkpoint was trained with, or a fresh --workdir"),
+    never trying the intact previous checkpoint."""
+    directory = saved(tmp_path, 1.0, 2.0)
+    for part in removed.split("+"):
+        target = directory / "2" / part
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        else:
+            (directory / "2" / part.split("/")[-1]).unlink()
+    with caplog.at_level(logging.WARNING):
+        step, restored = checkpoint.restore_latest(checkpoint.manager(str(directory)), abstract(items()))
+    assert step == 1
+    np.testing.assert_array_equal(restored["params"]["decoder"]["bias"], 1.0)
+    assert str(directory / "2") in caplog.text
+
+
+def test_evaluating_reads_past_a_damaged_checkpoint_without_renaming_it(tmp_path):
+    """Evaluation is read-only: it falls back as training does, but leaves the workdir as it found it."""
+    directory = saved(tmp_path, 1.0, 2.0)
+    damage(directory / "2")
+    mngr = checkpoint.manager(str(directory), read_only=True)
+    step, _ = checkpoint.restore_latest(mngr, abstract(items()), set_aside=False)
+    assert step == 1 and (directory / "2").is_dir() and not (directory / "2.damaged").exists()
+
+
+def test_restore_params_takes_a_workdir_too(tmp_path):
+    """config.checkpoint.path=<a --workdir> said "No complete checkpoint" (api.load takes either)."""
+    saved(tmp_path / "run" / "checkpoints", 3.0)
+    restored = checkpoint.restore_params(str(tmp_path / "run"), abstract(items()))
+    np.testing.assert_array_equal(restored["params"]["decoder"]["bias"], 3.0)

@@ -342,6 +342,24 @@ def test_resuming_with_settings_that_change_what_is_trained_is_refused_before_re
 
 
 @pytest.mark.slow
+def test_an_evaluation_beside_a_live_run_leaves_its_checkpoints_alone(reference, tmp_path):
+    """--mode=eval opened the checkpoints for writing, and a writer deletes every `*.orbax-checkpoint-tmp*` it
+    finds: an evaluation started while the run was saving deleted that save, and the training run died ("Save
+    failed: 2/42 params are missing .zarray"). And with config.checkpoint.path set on such a workdir it evaluated
+    the workdir's own checkpoint instead, silently."""
+    workdir = copy_of(reference, tmp_path)
+    in_flight = workdir / "checkpoints" / f"{STEPS + 4}.orbax-checkpoint-tmp-1234"  # a save being written
+    (in_flight / "params").mkdir(parents=True)
+    config = tiny_config(**{"evals": ml_collections.ConfigDict(
+        {"class_accuracy": {"splits": ("test",), "stds": (0.0,), "every_steps": 0}})})  # fmt: skip
+    results = train.evaluate(config, str(workdir))
+    assert set(results) >= {"eval/accuracy"} and in_flight.is_dir()
+    config.checkpoint.path = str(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="--mode=eval with config.checkpoint.path=.* has checkpoints of its own"):
+        train.evaluate(config, str(workdir))
+
+
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused_with_the_arrays_that_differ(reference, tmp_path):
     workdir = copy_of(reference, tmp_path)
     (workdir / "config.json").unlink()  # no settings to compare (e.g. a checkpoint copied alone): the arrays are

@@ -198,7 +198,7 @@ def test_short_digits_run_writes_everything_and_resumes(tmp_path):
     # resume of its key, is tests/test_reliability.py's.)
     config = tiny("generation_conditional", num_train_steps=4, log_every_steps=2, checkpoint_every_steps=2)
     config.evals.class_accuracy.update(every_steps=4, splits=("test",))
-    config.evals.samples.update(every_steps=4, per_class=1)
+    config.evals.samples.update(every_steps=3, per_class=1)  # step 3: evaluated, not a checkpoint step
     workdir = str(tmp_path / "run")
     state = train.train_and_evaluate(config, workdir)
     assert int(state.step) == 4
@@ -211,8 +211,10 @@ def test_short_digits_run_writes_everything_and_resumes(tmp_path):
     enabled = {r["step"]: r["train/decoder_enabled"] for r in records if "train/decoder_enabled" in r}
     assert enabled == {2: 1.0, 4: 0.0}, enabled  # the window of steps 0-1 trained the decoder, that of 2-3 did not
     assert 0.0 <= final["eval/accuracy"] <= 1.0
-    assert os.listdir(os.path.join(workdir, "samples")) == ["euler_00000004.png"]
-    assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4]
+    assert sorted(os.listdir(os.path.join(workdir, "samples"))) == ["euler_00000003.png", "euler_00000004.png"]
+    # Every evaluated step is saved first: a preemption during step 3's evaluation once lost step 3 (repr_imagenet
+    # probes every 1000 steps and checkpoints every 2000).
+    assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 3, 4]
     assert json.load(open(os.path.join(workdir, "config.json")))["num_train_steps"] == 4
     # Asking for more steps continues from step 4 instead of starting again.
     config.num_train_steps = 6
