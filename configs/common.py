@@ -101,7 +101,7 @@ def hq256_generation(*, name, data_dir, train_split, test_split, steps, encoder_
         module_steps=dict(encoder=steps, decoder=steps),
     )  # fmt: skip
     # Official in-training FID: 1024 samples against 1024 train images; the saved sample set: `saved_num`.
-    config.evals = generation_evals(every=10_000, per_class=256, recon_num=256, recon_repeats=20, fid_num=1024,
+    config.evals = generation_evals(config, every=10_000, per_class=256, recon_num=256, recon_repeats=20, fid_num=1024,
                                     fid_reference_num=1024, saved_num=saved_num)  # fmt: skip
     return config
 
@@ -144,8 +144,8 @@ def official_training(config, *, batch_size, lr, ema, module_steps, eval_batch_s
     config.log_every_steps = 100
 
 
-def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid_reference_num=None, saved_num=None,
-                     classes=False):
+def generation_evals(config, *, every, per_class, recon_num, recon_repeats, fid_num, fid_reference_num=None,
+                     saved_num=None, classes=False):
     """The official case-study-1/3 metrics: samples and FID on both evaluation samplers (rk45, euler10), every
     metric on the EMA and the raw weights (official `apply_on_ema`; raw-weight names end in `_raw`).
 
@@ -156,12 +156,13 @@ def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid
     `--config.evals.fid.every_steps=N` and
     `--config.evals.fid.inception_weights=/path/to/pt_inception-2015-12-05-6726825d.pth`.
     """
+    config.eval_every_steps = every  # the entries below leave every_steps to it, but FID (off until given weights)
     both = ("ema", "raw")
     fid = dict(every_steps=-1, inception_weights="", samplers=("rk45", "euler"), pipelines=("clean", "rf"),
                num_samples=fid_num, num_reference_samples=fid_reference_num or 0, reference_shuffle_seed=0, weights=both)  # fmt: skip
     evals = {
-        "samples": dict(every_steps=every, samplers=("rk45", "euler"), per_class=per_class, num=per_class, weights=both),
-        "reconstruction": dict(every_steps=every, sampler="rk45", num=recon_num, repeats=recon_repeats, weights=both),
+        "samples": dict(samplers=("rk45", "euler"), per_class=per_class, num=per_class, weights=both),
+        "reconstruction": dict(sampler="rk45", num=recon_num, repeats=recon_repeats, weights=both),
         "fid": fid,
     }  # fmt: skip
     if fid_reference_num:
@@ -171,9 +172,9 @@ def generation_evals(*, every, per_class, recon_num, recon_repeats, fid_num, fid
                                   weights=("ema",))  # fmt: skip
     if classes:
         # The official ClassAccuracy: test and train split, each read in its seed-0 torch.randperm order.
-        evals["class_accuracy"] = dict(every_steps=every, splits=("test", "train"), shuffle_seed=0, weights=both)
+        evals["class_accuracy"] = dict(splits=("test", "train"), shuffle_seed=0, weights=both)
         # The official TunableStdClassAccuracy: both splits at each prior std.
-        evals["class_accuracy_std"] = dict(kind="class_accuracy", every_steps=every, splits=("test", "train"),
+        evals["class_accuracy_std"] = dict(kind="class_accuracy", splits=("test", "train"),
                                            stds=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2), shuffle_seed=0, weights=both,
                                            metric="tunable_accuracy")  # fmt: skip
     return ml_collections.ConfigDict(evals)
@@ -202,6 +203,8 @@ def declare_evaluator_settings(evals):
         kind = spec.get("kind", name)
         if kind not in evaluators.kinds():
             continue
+        if "every_steps" not in spec:  # None: config.eval_every_steps (evaluators.every_steps)
+            spec.every_steps = config_dict.placeholder(int)
         hints = evaluators.spec_hints(kind)
         for key, default in evaluators.spec_keys(kind).items():
             if key in spec or key == "**" or default is inspect.Parameter.empty:

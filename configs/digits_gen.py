@@ -28,7 +28,7 @@ def get_config(arg=None):
     config.ema.update(encoder=0.995, decoder=0.995)
     config.eval_batch_size = 64
     config.evals = ml_collections.ConfigDict({
-        "samples": dict(every_steps=500, num=64, samplers=("euler", "rk45")),
-        "reconstruction": dict(every_steps=500, num=64, repeats=2, sampler="euler"),
+        "samples": dict(num=64, samplers=("euler", "rk45")),
+        "reconstruction": dict(num=64, repeats=2, sampler="euler"),
     })  # fmt: skip
     return common.variant(config, arg)

@@ -35,8 +35,8 @@ def get_config(arg=None):
     config.evals = ml_collections.ConfigDict({
         # eval/accuracy with deterministic latents (prior std 0, the official tunable-std evaluation);
         # eval/accuracy_std1 with the official ClassAccuracy's std-1 prior noise.
-        "class_accuracy": dict(every_steps=500, splits=("test",), stds=(0.0, 1.0)),
-        "samples": dict(every_steps=500, per_class=10, samplers=("euler",)),
+        "class_accuracy": dict(splits=("test",), stds=(0.0, 1.0)),
+        "samples": dict(per_class=10, samplers=("euler",)),
         # how recognisable label-conditional samples are to a classifier trained on real digits (at the end)
         "sample_accuracy": dict(every_steps=1500, per_class=50),
     })  # fmt: skip

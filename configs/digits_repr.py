@@ -33,7 +33,7 @@ def get_config(arg=None):
     config.eval_batch_size = 256
     config.evals = ml_collections.ConfigDict({
         # The fast frozen-features probe (eval/linear_probe_frozen_*), with the raw-pixel baseline.
-        "linear_probe": dict(every_steps=300, protocol="frozen", modes=("no_head", "head"), include_pixels=True,
+        "linear_probe": dict(protocol="frozen", modes=("no_head", "head"), include_pixels=True,
                              lr=1e-3, num_epochs=300, batch_size=64, standardize=True),
     })  # fmt: skip
     return common.variant(config, arg)

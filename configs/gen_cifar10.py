@@ -29,5 +29,6 @@ def get_config(arg=None):
         lr=dict(encoder=2.5e-5, decoder=1e-3), ema=dict(encoder=0.999999, decoder=0.999999),
         module_steps=dict(encoder=50_000, decoder=50_000),
     )  # fmt: skip
-    config.evals = common.generation_evals(every=5000, per_class=100, recon_num=2000, recon_repeats=20, fid_num=50_000)
+    config.evals = common.generation_evals(config, every=5000, per_class=100, recon_num=2000, recon_repeats=20,
+                                           fid_num=50_000)  # fmt: skip
     return common.variant(config, arg)

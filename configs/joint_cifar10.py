@@ -31,6 +31,6 @@ def get_config(arg=None):
         ema=dict(encoder=0.999999, decoder=0.999999, label_anchors=0.999999),
         module_steps=dict(encoder=200_000, decoder=60_000, label_anchors=200_000),
     )  # fmt: skip
-    config.evals = common.generation_evals(every=5000, per_class=100, recon_num=2000, recon_repeats=20,
+    config.evals = common.generation_evals(config, every=5000, per_class=100, recon_num=2000, recon_repeats=20,
                                            fid_num=50_000, classes=True)  # fmt: skip
     return common.variant(config, arg)

@@ -30,11 +30,12 @@ def get_config(arg=None):
         config, batch_size=8192, eval_batch_size=8192, checkpoint_every=2000, lr=dict(encoder=8e-4),
         ema=dict(encoder=0.9999), module_steps=dict(encoder=5_000_000),
     )  # fmt: skip
+    config.eval_every_steps = 1000  # the probe's schedule
     config.evals = ml_collections.ConfigDict({
         # The paper's probe: 300 epochs of freshly augmented views streamed through the encoder (AdamW 3e-4, wd 0,
         # batch 8192), on EMA and raw weights as the official. `protocol="frozen"` is the fast option; the raw-pixel
         # baseline stays off (as frozen features it would hold 1.28M x 150528 floats on the host).
-        "linear_probe": dict(every_steps=1000, protocol="augmented", modes=("no_head",), lr=3e-4, num_epochs=300,
+        "linear_probe": dict(protocol="augmented", modes=("no_head",), lr=3e-4, num_epochs=300,
                              batch_size=8192, weight_decay=0.0, include_pixels=False, weights=("ema", "raw")),
         "export": dict(every_steps=1_000_000, split="test", apply_head=False),
     })  # fmt: skip

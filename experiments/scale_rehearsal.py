@@ -231,7 +231,7 @@ def rehearse_evaluators(config, built, mesh, platform: str) -> dict:
             spec = dict(spec)
             kind = evaluators.kind_of(name, spec)
             file_keys = evaluators.FILE_ARGUMENTS.get(kind, ())
-            off = spec.get("every_steps", config.eval_every_steps) == -1
+            off = evaluators.every_steps(spec, config.eval_every_steps) == -1
             if off and not (file_keys and not all(spec.get(k) for k in file_keys)):
                 continue  # off by choice, not for want of a file
             if file_keys and not all(spec.get(k) for k in file_keys):

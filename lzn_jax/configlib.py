@@ -224,7 +224,7 @@ def _check_evals(config) -> None:
             raise ValueError(f"{where} must be a section of evaluator settings; got {type(spec).__name__} {spec!r}.")
         kind = evaluators.kind_of(name, spec)
         keys = evaluators.spec_keys(kind)
-        every = spec.get("every_steps", config.eval_every_steps)
+        every = evaluators.every_steps(spec, config.eval_every_steps)
         if not isinstance(every, int) or isinstance(every, bool) or every < -1:
             raise ValueError(f"{where}.every_steps={every!r} must be an integer: N > 0 (every N steps and at the end), "
                              "0 (at the end only) or -1 (off).")  # fmt: skip

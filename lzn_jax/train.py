@@ -283,7 +283,7 @@ def _evaluators(run: Run, writer):
     return [
         evaluators.build(name, spec, task=run.task, config=run.config, workdir=run.workdir, mesh=run.mesh, writer=writer)
         for name, spec in run.config.evals.items()
-        if spec.get("every_steps", run.config.eval_every_steps) != -1
+        if evaluators.every_steps(spec, run.config.eval_every_steps) != -1
     ]
 
 
@@ -477,7 +477,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     """Runs every evaluator in config.evals once on the newest checkpoint (or checkpoint.path)."""
     from lzn_jax import writers
 
-    enabled = [name for name, spec in config.evals.items() if spec.get("every_steps", config.eval_every_steps) != -1]
+    enabled = [n for n, spec in config.evals.items() if evaluators.every_steps(spec, config.eval_every_steps) != -1]
     if not enabled:
         raise ValueError(f"--mode=eval: every evaluator of config.evals ({sorted(config.evals)}) is switched off "
                          "(every_steps=-1); switch one on, e.g. --config.evals.<name>.every_steps=0.")  # fmt: skip

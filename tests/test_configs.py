@@ -135,6 +135,20 @@ def test_an_evaluator_setting_the_config_file_leaves_out_takes_a_flag(monkeypatc
     assert parse([f"--config={CONFIG_DIR}/digits_joint.py"], monkeypatch).evals.class_accuracy.batch_size is None
 
 
+def test_the_default_evaluation_schedule_moves_the_evaluators_that_have_none_of_their_own(monkeypatch):
+    """Every entry of every shipped config set its own every_steps, so `--config.eval_every_steps=N` (the "default
+    schedule of the evaluators") changed nothing, silently."""
+    schedule = lambda c: {n: evaluators.every_steps(s, c.eval_every_steps) for n, s in c.evals.items()}  # noqa: E731
+    config = parse([f"--config={CONFIG_DIR}/digits_joint.py"], monkeypatch)
+    assert schedule(config) == {"class_accuracy": 500, "samples": 500, "sample_accuracy": 1500}
+    config = parse([f"--config={CONFIG_DIR}/digits_joint.py", "--config.eval_every_steps=100",
+                    "--config.evals.samples.every_steps=7"], monkeypatch)  # fmt: skip
+    assert schedule(config) == {"class_accuracy": 100, "samples": 7, "sample_accuracy": 1500}
+    assert schedule(load("gen_cifar10")) == {"samples": 5000, "reconstruction": 5000, "fid": -1}
+    assert schedule(load("repr_imagenet")) == {"linear_probe": 1000, "export": 1_000_000}
+    assert set(schedule(load("joint_cifar10")).values()) == {5000, -1}
+
+
 def test_a_section_refuses_a_field_its_model_does_not_have():
     with pytest.raises(ValueError, match="did you mean 'stage_blocks'"):
         common.model_section("resnet", stage_block=(1, 1, 1, 1))

@@ -1,7 +1,8 @@
 """Evaluators, looked up by string here and nowhere else.
 
 `config.evals` maps a name to a spec: `{"kind": <registry key, default: the name>, "every_steps": N, **kwargs}`;
-every_steps = -1 switches an evaluator off (e.g. FID until its Inception weights are given).
+every_steps = -1 switches an evaluator off (e.g. FID until its Inception weights are given); absent or None, it is
+`config.eval_every_steps` (`every_steps`).
 
 Evaluators are built from the functions they need, as big_vision's `Evaluator(predict_fn, **cfg)`: an
 evaluator's constructor names, among its keyword arguments, the prediction functions it calls (`embed_fn`,
@@ -35,6 +36,14 @@ _REGISTRY = {
 FILE_ARGUMENTS = {"fid": ("inception_weights",)}
 CONTEXT = ("data_cfg", "mesh", "workdir", "writer", "eval_batch_size")  # the run's context an evaluator may name
 SCHEDULE_KEYS = ("kind", "every_steps")  # spec keys `build` reads itself
+
+
+def every_steps(spec, default: int) -> int:
+    """The schedule of one `config.evals` entry: its `every_steps`, or `default` (config.eval_every_steps) where
+    it is absent or None (a shipped config declares it as None: `--config.eval_every_steps=N` moves every entry
+    that does not set its own; once each entry set its own, and that flag changed nothing)."""
+    value = spec.get("every_steps")
+    return default if value is None else value
 
 
 def kinds() -> list[str]:
@@ -104,7 +113,8 @@ def build(name: str, spec, *, task, config, workdir, mesh, writer):
     kwargs = dict(spec)
     kind = kind_of(name, kwargs)
     kwargs.pop("kind", None)
-    every_steps = kwargs.pop("every_steps", config.eval_every_steps)
+    every = every_steps(kwargs, config.eval_every_steps)
+    kwargs.pop("every_steps", None)
     cls = _class(kind)
     context = dict(data_cfg=config.data, mesh=mesh, workdir=workdir, writer=writer,
                    eval_batch_size=config.eval_batch_size)  # fmt: skip
@@ -114,5 +124,5 @@ def build(name: str, spec, *, task, config, workdir, mesh, writer):
         elif parameter in CONTEXT:
             kwargs[parameter] = context[parameter]
     evaluator = cls(**kwargs)
-    evaluator.name, evaluator.every_steps = name, every_steps
+    evaluator.name, evaluator.every_steps = name, every
     return evaluator
