@@ -320,6 +320,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop: "StopSignals")
     run = _phase("Setting up the mesh, model, state and checkpoints", lambda: setup(config, workdir))
     _write_config(config, workdir)
     _write_parameter_table(run)
+    dropped = writers.drop_records_after(workdir, run.start_step)
+    if dropped:
+        logging.info("Dropped %d metric record(s) after step %d from metrics.jsonl: this run logs them again.", dropped,
+                     run.start_step)  # fmt: skip
     writer = writers.create(workdir)
     batches = data.train_iterator(
         config.data, batch_size=config.batch_size, seed=config.seed, start_step=run.start_step,

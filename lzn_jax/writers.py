@@ -67,6 +67,26 @@ def _plain(value):
     return value.item() if value.ndim == 0 else value.tolist()
 
 
+def drop_records_after(workdir: str, step: int) -> int:
+    """Removes the records of steps after `step` from `workdir`'s metrics.jsonl (process 0); returns how many.
+
+    A run killed between two checkpoints had logged steps that the resumed run trains and logs again: the file
+    held those steps twice, and a plot of it (the demo notebook's) drew them twice. The resumed run resumes the
+    file at its checkpoint too. (TensorBoard's event files keep both; TensorBoard shows the later.)
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() != 0 or not gfile().exists(path):
+        return 0
+    with gfile().GFile(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        with gfile().GFile(path + ".tmp", "w") as f:
+            f.write("".join(kept))
+        gfile().rename(path + ".tmp", path, overwrite=True)  # a kill mid-write leaves the old file
+    return len(lines) - len(kept)
+
+
 def create(workdir: str) -> interface.MetricWriter:
     """TensorBoard event files + logging + metrics.jsonl in `workdir` (process 0); logging elsewhere."""
     if jax.process_index() > 0:

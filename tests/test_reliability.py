@@ -174,6 +174,9 @@ def test_sigkill_at_any_moment_then_the_same_command_ends_exactly_like_an_uninte
     # that once had its own uninterrupted second run: a run whose draws or reductions varied from one process to
     # the next fails here, and in the SIGINT/SIGTERM test, as surely as a resume that lost state.)
     assert got_metrics == expected_metrics
+    # Each step once: the steps a killed run had logged past its checkpoint were in the file twice after resuming.
+    logged = [r["step"] for r in files.read_jsonl(str(workdir / "metrics.jsonl")) if "train/loss" in r]
+    assert logged == sorted(set(logged)), logged
 
 
 def stop_while_compiling(env, workdir, log_path, signal_number) -> tuple[int, str]:
