@@ -148,12 +148,16 @@ def restore_params(directory: str, abstract_params: dict[str, Any], step: Option
     if (epath.Path(directory) / "checkpoints").is_dir():  # a --workdir of lzn_jax.main, as api.load takes it
         directory = os.path.join(directory, "checkpoints")
     mngr = manager(directory, read_only=True)
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"No complete checkpoint in {directory!r} (config.checkpoint.path).")
     wanted = {k: abstract_params[k] for k in PARAM_ITEMS}
-    check_compatible(mngr, step, wanted)
-    return _restore(mngr, step, wanted)
+    if step is not None:
+        check_compatible(mngr, step, wanted)
+        return _restore(mngr, step, wanted)
+    # The newest readable one, as training resumes (api.load and embed once failed on a damaged newest checkpoint
+    # with an intact one before it); read-only: nothing is renamed.
+    restored = restore_latest(mngr, wanted, set_aside=False)
+    if restored is None:
+        raise FileNotFoundError(f"No complete checkpoint in {directory!r} (config.checkpoint.path).")
+    return restored[1]
 
 
 def _restore(mngr, step, abstract_items):

@@ -221,3 +221,13 @@ def test_restore_params_takes_a_workdir_too(tmp_path):
     saved(tmp_path / "run" / "checkpoints", 3.0)
     restored = checkpoint.restore_params(str(tmp_path / "run"), abstract(items()))
     np.testing.assert_array_equal(restored["params"]["decoder"]["bias"], 3.0)
+
+
+def test_restore_params_falls_back_past_a_damaged_newest_checkpoint(tmp_path):
+    """api.load and lzn_jax.embed read params this way; a damaged newest checkpoint stopped them although an
+    intact one was there."""
+    directory = saved(tmp_path, 1.0, 2.0)
+    damage(directory / "2")
+    restored = checkpoint.restore_params(str(directory), abstract(items()))
+    np.testing.assert_array_equal(restored["params"]["decoder"]["bias"], 1.0)
+    assert (directory / "2").is_dir()  # read-only: not set aside
