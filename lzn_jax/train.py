@@ -173,6 +173,20 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
         )
 
 
+def _warn_eval_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Names the settings an evaluation changes from the run that wrote the workdir (its config.json), in a warning:
+    only array shapes must match, so a setting left off the eval command (zoning.prior_scale, say) was evaluated
+    differently from the run without a word. (A deliberate change is allowed: it is an evaluation.)"""
+    path = os.path.join(workdir, "config.json")
+    if not files.gfile().exists(path):
+        return
+    with files.gfile().GFile(path) as f:
+        changes = configlib.resume_changes(f.read(), config)
+    if changes:
+        logging.warning("--mode=eval with %d setting(s) other than the run's (%s): %s", len(changes), path,
+                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))  # fmt: skip
+
+
 def _restore_latest(config, mesh, manager, target: dict, *, set_aside: bool = True):
     """`checkpoint.restore_latest` into `target`; a checkpoint of the other `mesh.fsdp` layout is converted.
 
@@ -492,6 +506,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         raise ValueError(f"--mode=eval with config.checkpoint.path={config.checkpoint.path!r} and a --workdir that has "
                          f"checkpoints of its own ({workdir}/checkpoints): evaluate checkpoint.path in a new --workdir, "
                          "or leave checkpoint.path out to evaluate the workdir's newest checkpoint.")  # fmt: skip
+    _warn_eval_changes(config, workdir)
     run = setup(config, workdir, resuming=False)
     writer = writers.create(workdir)
     with jax.set_mesh(run.mesh):

@@ -345,7 +345,7 @@ def test_resuming_with_settings_that_change_what_is_trained_is_refused_before_re
 
 
 @pytest.mark.slow
-def test_an_evaluation_beside_a_live_run_leaves_its_checkpoints_alone(reference, tmp_path):
+def test_an_evaluation_beside_a_live_run_leaves_its_checkpoints_alone(reference, tmp_path, caplog):
     """--mode=eval opened the checkpoints for writing, and a writer deletes every `*.orbax-checkpoint-tmp*` it
     finds: an evaluation started while the run was saving deleted that save, and the training run died ("Save
     failed: 2/42 params are missing .zarray"). And with config.checkpoint.path set on such a workdir it evaluated
@@ -355,8 +355,12 @@ def test_an_evaluation_beside_a_live_run_leaves_its_checkpoints_alone(reference,
     (in_flight / "params").mkdir(parents=True)
     config = tiny_config(**{"evals": ml_collections.ConfigDict(
         {"class_accuracy": {"splits": ("test",), "stds": (0.0,), "every_steps": 0}})})  # fmt: skip
-    results = train.evaluate(config, str(workdir))
+    with caplog.at_level(logging.WARNING):
+        results = train.evaluate(configlib.override(config, **{"zoning.prior_scale": 0.5}), str(workdir))
     assert set(results) >= {"eval/accuracy"} and in_flight.is_dir()
+    # A setting other than the run's is named (only array shapes must match an evaluation's checkpoint).
+    assert "--mode=eval with 1 setting(s) other than the run's" in caplog.text
+    assert "zoning.prior_scale: 1.0 -> 0.5" in caplog.text
     config.checkpoint.path = str(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="--mode=eval with config.checkpoint.path=.* has checkpoints of its own"):
         train.evaluate(config, str(workdir))
