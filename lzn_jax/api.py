@@ -301,10 +301,8 @@ def load(workdir: str, *, use_ema: bool = True, config: ml_collections.ConfigDic
     abstract = jax.eval_shape(lzn.task.init, jax.random.key(0), data.batch_spec(config.data, 2))
     sharding = _params_sharding(mesh)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
-    directory = os.path.join(workdir, "checkpoints")
-    directory = directory if epath.Path(directory).is_dir() else workdir
-    with _quiet_orbax():
-        items = checkpoint.restore_params(directory, {"params": target, "ema_params": target})
+    with _quiet_orbax():  # a workdir's checkpoints/ or, from lzn_jax.convert, the directory itself
+        items = checkpoint.restore_params(workdir, {"params": target, "ema_params": target})
     return lzn, items["ema_params" if use_ema else "params"]
 
 

@@ -156,20 +156,14 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Before restoring: a run resumed from `workdir`'s checkpoints keeps the settings that shape training (seed,
     data, model, losses, optimizer; `configlib.resume_changes`); schedules, evaluators and the mesh may change.
     A run that resumed with another learning rate, seed or dataset would mix two experiments under one name."""
-    path = os.path.join(workdir, "config.json")
-    fs = files.gfile()
-    if not fs.exists(path):
-        return
-    with fs.GFile(path) as f:
-        changes = configlib.resume_changes(f.read(), config)
+    changes = _changes_from_the_run(config, workdir)
     if changes:
         flags = " ".join(f"--config.checkpoint.allow_changes={key}" for key in changes)
-        lines = [f"{key}: {stored!r} -> {now!r}" for key, (stored, now) in changes.items()]
         raise ResumeConfigError(
             f"--workdir={workdir} holds checkpoints of a run with other settings ({len(changes)} differ):\n  "
-            + "\n  ".join(lines) + "\nResume with the settings of its config.json; or start a new --workdir from "
-            f"these weights with --config.checkpoint.path={os.path.join(workdir, 'checkpoints')}; or, to change them "
-            f"on purpose, {flags}"
+            + "\n  ".join(changes.values()) + "\nResume with the settings of its config.json; or start a new "
+            f"--workdir from these weights with --config.checkpoint.path={os.path.join(workdir, 'checkpoints')}; or, "
+            f"to change them on purpose, {flags}"
         )
 
 
@@ -177,14 +171,20 @@ def _warn_eval_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Names the settings an evaluation changes from the run that wrote the workdir (its config.json), in a warning:
     only array shapes must match, so a setting left off the eval command (zoning.prior_scale, say) was evaluated
     differently from the run without a word. (A deliberate change is allowed: it is an evaluation.)"""
+    changes = _changes_from_the_run(config, workdir)
+    if changes:
+        logging.warning("--mode=eval with %d setting(s) other than the run's (%s): %s", len(changes),
+                        os.path.join(workdir, "config.json"), "; ".join(changes.values()))  # fmt: skip
+
+
+def _changes_from_the_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+    """{key: "key: stored -> now"} of `configlib.resume_changes` against the workdir's config.json ({} if none)."""
     path = os.path.join(workdir, "config.json")
     if not files.gfile().exists(path):
-        return
+        return {}
     with files.gfile().GFile(path) as f:
         changes = configlib.resume_changes(f.read(), config)
-    if changes:
-        logging.warning("--mode=eval with %d setting(s) other than the run's (%s): %s", len(changes), path,
-                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))  # fmt: skip
+    return {key: f"{key}: {stored!r} -> {now!r}" for key, (stored, now) in changes.items()}
 
 
 def _restore_latest(config, mesh, manager, target: dict, *, set_aside: bool = True):

@@ -319,7 +319,8 @@ def test_sample_labels_are_balanced_over_all_samples_not_per_batch(weights_file,
 
     recorder = Labels(None)
     evaluator = fid.FID(sample_fn=recorder, data_cfg=_image_folder(tmp_path / "images", count=3), mesh=None,
-                        workdir=str(tmp_path), eval_batch_size=4, inception_weights=weights_file, num_samples=30)  # fmt: skip
+                        workdir=str(tmp_path), eval_batch_size=4, inception_weights=weights_file,
+                        num_samples=30)  # fmt: skip
     evaluator.features = lambda images, pipeline: np.zeros((len(images), 3))
     evaluator.sample_moments(params=None, sampler="euler")
     used = np.concatenate(recorder.keys)[:30]

@@ -48,8 +48,9 @@ def train_batches(
             batch_indices = lambda where=where: (  # noqa: E731
                 source.train_indices(**where) if isinstance(source, IndexedSource) else None)
             first_global_step = epoch * steps + first_step + 1
-            yield from _naming_unreadable(_batched(ds, local_batch, cfg).as_numpy_iterator(), source, "train",
-                                          batch_indices, lambda k, s=first_global_step: f"train step {s + k}")  # fmt: skip
+            describe = lambda k, s=first_global_step: f"train step {s + k}"  # noqa: E731
+            batches = _batched(ds, local_batch, cfg).as_numpy_iterator()
+            yield from _naming_unreadable(batches, source, "train", batch_indices, describe)
             epoch, first_step = epoch + 1, 0
 
     return epochs()
@@ -103,7 +104,8 @@ def _naming_unreadable(batches, source, split, batch_indices, describe) -> Itera
     except tf.errors.InvalidArgumentError as error:
         indices = batch_indices()
         found = []
-        for k in range(count, min(count + 1 + PREFETCH_BATCHES, 0 if indices is None else len(indices))):  # the failing batch, or just after
+        last = min(count + 1 + PREFETCH_BATCHES, 0 if indices is None else len(indices))
+        for k in range(count, last):  # the failing batch (or, should tf.data report it late, the next ones)
             found = source.unreadable(split, np.asarray(indices[k]))
             if found:
                 break

@@ -369,15 +369,14 @@ class FID:
     def reference_key(self, pipeline: str) -> dict:
         """Every setting that decides the reference statistics of `pipeline`: what the cache is keyed by."""
         # The split's size too: statistics of a folder read while it was still being copied were reused after.
-        images = dict(data.eval_images_key(self.data_cfg, self.split), num_examples=self._split_size())
-        return dict(data=images, pipeline=pipeline,
-                    num_reference_samples=self.num_reference_samples, reference_shuffle_seed=self.reference_shuffle_seed,
+        images = dict(data.eval_images_key(self.data_cfg, self.split), num_examples=self._split_size)
+        return dict(data=images, pipeline=pipeline, num_reference_samples=self.num_reference_samples,
+                    reference_shuffle_seed=self.reference_shuffle_seed,
                     inception_weights=self._weights_id())  # fmt: skip
 
+    @functools.cached_property
     def _split_size(self) -> int:
-        if not hasattr(self, "_split_examples"):
-            self._split_examples = data.num_examples(self.data_cfg, self.split)
-        return self._split_examples
+        return data.num_examples(self.data_cfg, self.split)
 
     def cache_path(self, pipeline: str) -> str:
         """Where the reference statistics of `pipeline` are cached: a readable name and a digest of the key."""
