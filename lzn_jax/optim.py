@@ -9,11 +9,13 @@
 - EMA per module: decay_n = min(decay, (1 + n) / (10 + n)), n counting that module's updates.
 
 `build(config, modules)` reads every setting of the update (`optim`, `module_steps`, `ema`, `mesh.fsdp`) once;
-the train step calls `Optimizer.init` and `Optimizer.update` and reads no config. Under the replicated layout the
-Adam state and the EMA see each module's parameters raveled into one vector (`flatten`), which keeps the update to
-a few large element-wise kernels instead of thousands of small ones — the difference between seconds and minutes
-of XLA compile time on CPU for NCSN++. Under FSDP they see the trees (a vector concatenated from leaves sharded
-along different axes cannot keep each device's shard local), so a checkpoint's Adam state layout depends on
+the train step calls `Optimizer.init` and `Optimizer.update` and reads no config. Adam and the EMA see each
+module's parameters raveled into one vector (`flatten`), which keeps the update to a few large element-wise kernels
+instead of thousands of small ones — the difference between seconds and minutes of XLA compile time for NCSN++.
+Under FSDP the train step runs the update inside a `shard_map`, on each device's own shards, raveled there (a vector
+concatenated from leaves sharded along different axes could not keep each device's shard local); only the clip's
+norm and the finiteness check are reduced over the devices. The stored Adam state is raveled under the replicated
+layout and a tree of the params' shapes and shardings under FSDP, so a checkpoint's Adam state layout depends on
 `mesh.fsdp`; `relayout_opt_state` converts one into the other.
 """
 
@@ -49,6 +51,7 @@ def make_optimizer(optim_cfg, modules: tuple[str, ...]) -> optax.GradientTransfo
     return optax.multi_transform(transforms, {m: m for m in modules})
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Update:
     """What `Optimizer.update` returns: the new params, Adam state and EMA, and what the step logs."""
@@ -65,8 +68,8 @@ class Update:
 class Optimizer:
     """Adam per module with warm-up, freezing after `module_steps`, one global clip, and the EMA.
 
-    Pure: `init` and `update` are traced inside the jitted train step. `ravel=True` (the replicated layout) runs
-    Adam and the EMA on one raveled vector per module; `ravel=False` (FSDP) on the params trees.
+    Pure: `init` and `update` are traced inside the jitted train step. `ravel` is the stored Adam state's layout:
+    one raveled vector per module (True, the replicated layout) or the params trees (False, FSDP).
     """
 
     modules: tuple[str, ...]
@@ -76,37 +79,45 @@ class Optimizer:
     ema_decays: Mapping[str, float]
     ravel: bool
 
-    def init(self, params: dict):
-        """The Adam state of {module: params} in this optimizer's layout."""
-        return self.tx.init(self._view(params)[0])
-
     def trainable(self, step: jax.Array) -> dict[str, jax.Array]:
         return trainable(step, self.module_steps, self.modules)
 
-    def update(self, step, grads, params, opt_state, ema_params, ema_counts) -> Update:
-        """One update at `step` (the state's step, int32 []); all trees are {module: params-like}."""
+    def update(self, step, grads, params, opt_state, ema_params, ema_counts, *, loss_finite=True, axis_name=None,
+               split=None) -> Update:
+        """One update at `step` (the state's step, int32 []); all trees are {module: params-like}.
+
+        A step whose loss (`loss_finite`, bool []) or any trainable gradient is not finite changes nothing: the
+        train step skips it (and counts it).
+
+        Under FSDP the train step calls it inside a `shard_map` on each device's shards: `split` ({module: one bool
+        per params leaf}) marks the leaves split over `axis_name`, whose squares and non-finite entries are summed
+        over it for the clip's norm and the finiteness check; every other operation is element-wise.
+        """
         enabled = self.trainable(step)
-        grads = {m: jax.tree.map(lambda x, on=enabled[m]: jnp.where(on, x, 0.0), g) for m, g in self._view(grads)[0].items()}
-        old_params, unravel = self._view(params)
-        norm = global_norm(grads)
+        if split is not None:  # before raveling: which entries are this device's share of a split leaf
+            masked = {m: jax.tree.map(lambda x, on=enabled[m]: jnp.where(on, x, 0.0), g) for m, g in grads.items()}
+            norm, finite = global_norm(masked, split, axis_name), _all_finite(masked, split, axis_name)
+        grads = {m: jnp.where(enabled[m], g, 0.0) for m, g in flatten(grads)[0].items()}
+        if split is None:
+            norm, finite = global_norm(grads), _all_finite(grads)
+        on = {m: enabled[m] & finite & loss_finite for m in self.modules}  # modules this step changes
+        old_params, unravel = flatten(params)
+        raveled_state = opt_state if self.ravel else relayout_opt_state(opt_state, jax.eval_shape(self.tx.init, old_params))
         scale = jnp.minimum(1.0, self.grad_clip / (norm + 1e-6)) if self.grad_clip > 0 else 1.0  # clip_grad_norm_
-        updates, new_opt_state = self.tx.update(jax.tree.map(lambda g: g * scale, grads), opt_state, old_params)
+        updates, new_state = self.tx.update(jax.tree.map(lambda g: g * scale, grads), raveled_state, old_params)
         new_params = optax.apply_updates(old_params, updates)
-        new_params = {m: _keep_if(enabled[m], new_params[m], old_params[m]) for m in old_params}
-        new_opt_state = _freeze_inner_states(new_opt_state, opt_state, enabled)
-        new_ema, new_counts = ema_update(self._view(ema_params)[0], new_params, ema_counts, self.ema_decays, enabled)
+        new_params = {m: _keep_if(on[m], new_params[m], old_params[m]) for m in old_params}
+        new_state = _freeze_inner_states(new_state, raveled_state, on)
+        new_ema, new_counts = ema_update(flatten(ema_params)[0], new_params, ema_counts, self.ema_decays, on)
         metrics = {"grad_norm": norm, **{f"{m}_enabled": enabled[m].astype(jnp.float32) for m in self.modules}}
         return Update(
-            params=self._unview(new_params, unravel), opt_state=new_opt_state, ema_params=self._unview(new_ema, unravel),
-            ema_counts=new_counts, grads_finite=_all_finite(grads), metrics=metrics,
+            params=unflatten(new_params, unravel), opt_state=new_state if self.ravel else relayout_opt_state(new_state, opt_state),
+            ema_params=unflatten(new_ema, unravel), ema_counts=new_counts, grads_finite=finite, metrics=metrics,
         )  # fmt: skip
 
-    def _view(self, tree_by_module):
-        return flatten(tree_by_module) if self.ravel else (tree_by_module, None)
-
-    @staticmethod
-    def _unview(view, unravel):
-        return view if unravel is None else unflatten(view, unravel)
+    def init(self, params: dict):
+        """The Adam state of {module: params} in this optimizer's layout."""
+        return self.tx.init(flatten(params)[0] if self.ravel else params)
 
 
 def build(config, modules: tuple[str, ...]) -> Optimizer:
@@ -133,14 +144,24 @@ def trainable(step: jax.Array, module_steps: Mapping[str, int], modules: tuple[s
     return {m: (step < module_steps[m]) if module_steps[m] >= 0 else jnp.asarray(True) for m in modules}
 
 
-def global_norm(grads) -> jax.Array:
-    """L2 norm over all gradients (frozen modules' are zero), scaled first so that huge gradients do not overflow."""
+def global_norm(grads, split=None, axis_name=None) -> jax.Array:
+    """L2 norm over all gradients (frozen modules' are zero), scaled first so that huge gradients do not overflow.
+
+    With `split` (a bool per leaf) the leaves it marks are one device's share, summed over `axis_name`.
+    """
     leaves = jax.tree.leaves(grads)
     if not leaves:
         return jnp.zeros(())
     largest = jnp.max(jnp.asarray([jnp.max(jnp.abs(x)) for x in leaves]))
+    if split is not None:
+        largest = jax.lax.pmax(largest, axis_name)
     scale = jnp.where(largest > 0, largest, 1.0)
-    return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
+    if split is None:
+        return scale * jnp.sqrt(sum(jnp.sum(jnp.square(x / scale)) for x in leaves))
+    squares = [jnp.sum(jnp.square(x / scale)) for x in leaves]
+    flags = jax.tree.leaves(split)
+    shared = jax.lax.psum(sum((q for q, f in zip(squares, flags) if f), jnp.zeros(())), axis_name)
+    return scale * jnp.sqrt(sum((q for q, f in zip(squares, flags) if not f), shared))
 
 
 def _freeze_inner_states(new_state, old_state, enabled):
@@ -153,8 +174,14 @@ def _keep_if(condition, new, old):
     return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
 
 
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def _all_finite(tree, split=None, axis_name=None) -> jax.Array:
+    """Whether every entry is finite; with `split`, the leaves it marks are checked on every device's share."""
+    if split is None:
+        return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    bad = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    flags = jax.tree.leaves(split)
+    shared = jax.lax.psum(sum((b for b, f in zip(bad, flags) if f), jnp.zeros((), jnp.int32)), axis_name)
+    return sum((b for b, f in zip(bad, flags) if not f), shared) == 0
 
 
 def ema_update(ema_params, params, counts, decays: Mapping[str, float], enabled):

@@ -112,6 +112,47 @@ def test_fsdp_gradients_are_reduce_scattered_into_the_shards():
     assert text.count(" reduce-scatter(") >= len(sharded), text.count(" reduce-scatter(")
 
 
+def test_fsdp_update_reduces_the_norm_and_a_non_finite_shard_over_every_device():
+    """Under FSDP the update runs on each device's own shards, raveled there (`train_state._sharded_update`, the
+    step's); the clip's norm and the finiteness check are its only reductions over the devices. Bugs this catches:
+    a norm of one device's shards (each device clipping by its own scale: the step differs from the replicated
+    one), and a NaN in one device's shard seen by that device alone (the others apply the step)."""
+    config = configlib.override(tiny_config(4, 2, fsdp=True), **{"optim.grad_clip": 1.0})
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.model)
+    built = train.build(config, mesh)
+    state = built.fresh_state(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    host = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), state.params)
+    update = jax.jit(train_state._sharded_update(built.optimizer, mesh, built.shardings))
+
+    def run(grads):
+        with jax.set_mesh(mesh):
+            return update(state.step, np.bool_(True), jax.device_put(grads, built.shardings.params), state.params,
+                          state.opt_state, state.ema_params, state.ema_counts)  # fmt: skip
+
+    result = run(host)
+    norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in jax.tree.leaves(host)))
+    assert float(result.metrics["grad_norm"]) == pytest.approx(norm, rel=1e-5) and norm > 10 * config.optim.grad_clip
+    assert bool(result.grads_finite)
+    whole = optim.build(configlib.override(config, **{"mesh.fsdp": False}), tuple(state.params))
+    params, opt_state = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    expected = whole.update(state.step, host, params, optim.relayout_opt_state(opt_state, jax.eval_shape(whole.init, params)),
+                            params, state.ema_counts)  # fmt: skip
+    for got, want in zip(jax.tree.leaves(result.params), jax.tree.leaves(expected.params)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-6)
+
+    split = [i for i, s in enumerate(jax.tree.leaves(built.shardings.params)) if parallel.DATA in s.spec]
+    leaves, treedef = jax.tree.flatten(host)
+    leaves[split[0]] = leaves[split[0]].copy()
+    leaves[split[0]].flat[0] = np.nan  # in the first data device's shard only
+    result = run(treedef.unflatten(leaves))
+    assert not bool(result.grads_finite)
+    for got, old in zip(jax.tree.leaves((result.params, result.opt_state, result.ema_params)),
+                        jax.tree.leaves((state.params, state.opt_state, state.ema_params))):  # fmt: skip
+        for shard, old_shard in zip(got.addressable_shards, old.addressable_shards):
+            np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(old_shard.data))
+
+
 def test_fsdp_stores_the_state_sharded():
     replicated_bytes = trained(1, 1, False)[3]
     fsdp_bytes = trained(4, 2, True)[3]
