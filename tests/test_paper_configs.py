@@ -62,6 +62,13 @@ def tfds_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """One persistent compilation cache for every run of this file (as `main` keeps one per workdir): the 256 px
+    configs share their network, batch and evaluators, so most of their programs compile once."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "random_inception.npz"
     np.savez(path, **inception.state_dict_from_variables(inception.init_inception_variables(0)))
@@ -95,7 +102,8 @@ def evaluator_overrides(config, inception_weights: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["replicated", "fsdp"])
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
-def test_paper_config_trains_and_evaluates_through_main(name, layout, tfds_dir, inception_weights, tmp_path):
+def test_paper_config_trains_and_evaluates_through_main(name, layout, tfds_dir, inception_weights, compile_cache,
+                                                        tmp_path):  # fmt: skip
     config = support.load_config(name, "runlocal")
     if config.data.source == "tfds":
         data_dir, mock_dir = tfds_dir, tfds_dir
@@ -107,7 +115,7 @@ def test_paper_config_trains_and_evaluates_through_main(name, layout, tfds_dir, 
         f"--config.num_train_steps={STEPS}", f"--config.mesh.fsdp={layout == 'fsdp'}",
         *evaluator_overrides(config, inception_weights),
     ]  # fmt: skip
-    env = support.subprocess_env(devices=8)
+    env = support.subprocess_env(devices=8, cache_dir=compile_cache)
     result = subprocess.run([sys.executable, "-c", _MAIN_UNDER_MOCK, mock_dir, str(NUM_EXAMPLES), *args], env=env,
                             capture_output=True, text=True, timeout=3600, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, f"{name} ({layout}) failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
