@@ -15,7 +15,7 @@ from typing import Optional
 from absl import app, flags
 from ml_collections import config_flags
 
-from lzn_jax import checkpoint, config_files, configlib, parallel, train
+from lzn_jax import checkpoint, config_files, configlib, parallel, run_lock, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -136,7 +136,8 @@ def run():
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
     except (
-        ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps, checkpoint.CheckpointRestoreError
+        ValueError, FileNotFoundError, PermissionError, train.TooManySkippedSteps, checkpoint.CheckpointRestoreError,
+        run_lock.WorkdirLockedError,
     ) as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from clu import parameter_overview
 
-from lzn_jax import checkpoint, configlib, data, evaluators, files, optim, parallel, tasks, train_state
+from lzn_jax import checkpoint, configlib, data, evaluators, files, optim, parallel, run_lock, tasks, train_state
 
 # `writers` and clu's periodic actions import TensorFlow (CLU's TensorBoard writer): they are imported where the
 # loop needs them (`files` and the evaluators import it only when a file is touched), so `build` and `batch_spec` run where TensorFlow is not installed (experiments/device_check.sh
@@ -322,7 +322,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     SIGTERM (preemption) or SIGINT (Ctrl-C) stops the run after the current step with a checkpoint of that step
     and raises `Interrupted`; the same command resumes from it.
     """
-    with StopSignals() as stop:
+    # The lock first: the writable checkpoint manager that setup opens deletes the unfinished saves it finds.
+    with run_lock.hold(workdir, primary=jax.process_index() == 0), StopSignals() as stop:
         return _train(config, workdir, stop)
 
 

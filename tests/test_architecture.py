@@ -30,6 +30,7 @@ ALLOWED = {
     "files": set(),
     "parallel": set(),
     "checkpoint": set(),
+    "run_lock": set(),  # one training run per workdir
     "optim": set(),
     "tasks": {"models", "zoning", "losses", "samplers"},  # compositions: no data, loop, evaluators or API
     "evaluators": {"data", "files", "parallel", "losses", "tasks.protocol"},  # capabilities, not the loop
@@ -39,8 +40,9 @@ ALLOWED = {
     "api": {"checkpoint", "config_files", "configlib", "data", "tasks", "zoning"},  # inference: no training code
     "embed": {"api", "config_files", "data"},
     "convert": {"config_files", "models", "tasks"},
-    "train": {"checkpoint", "configlib", "data", "evaluators", "files", "optim", "parallel", "tasks", "train_state", "writers"},
-    "main": {"checkpoint", "config_files", "configlib", "parallel", "train"},
+    "train": {"checkpoint", "configlib", "data", "evaluators", "files", "optim", "parallel", "run_lock", "tasks", "train_state",
+              "writers"},  # fmt: skip
+    "main": {"checkpoint", "config_files", "configlib", "parallel", "run_lock", "train"},
     "shipped": set(),
 }
 

@@ -367,6 +367,28 @@ def test_an_evaluation_beside_a_live_run_leaves_its_checkpoints_alone(reference,
 
 
 @pytest.mark.slow
+def test_a_second_run_in_a_live_runs_workdir_stops_before_touching_it(env, reference, tmp_path):
+    """The same command started twice (a second terminal, a scheduler's requeue while the job still runs): the
+    second run's checkpoint manager deleted the save the first had in flight, as an evaluation's did (above), and
+    both wrote the same steps' metrics. Now the second stops at once, naming the first, which trains on."""
+    workdir = tmp_path / "shared"
+    first = Process(env, cli(workdir, num_train_steps=10**6), tmp_path / "first.log")
+    try:
+        first.wait_until(lambda: complete_steps(workdir), "the first run saved a checkpoint")
+        second = Process(env, cli(workdir), tmp_path / "second.log")
+        assert second.wait() == 2, second.output()[-4000:]
+        assert f"error: Another run is training in this workdir: pid {first.proc.pid} on host" in second.output()
+        assert "Setting up" not in second.output()
+        saved = complete_steps(workdir)[-1]
+        first.wait_until(lambda: complete_steps(workdir)[-1] > saved, "the first run saved again")
+    finally:
+        first.proc.send_signal(signal.SIGTERM)
+    assert first.wait() == 128 + signal.SIGTERM, first.output()[-4000:]
+    assert "Save failed" not in first.output() and "Traceback" not in first.output()
+    assert not (workdir / "run.lock").exists()
+
+
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused_with_the_arrays_that_differ(reference, tmp_path):
     workdir = copy_of(reference, tmp_path)
     (workdir / "config.json").unlink()  # no settings to compare (e.g. a checkpoint copied alone): the arrays are
