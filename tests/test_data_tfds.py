@@ -215,3 +215,18 @@ def test_prepared_dataset_eval_hosts_cover_the_split_once(tiny_dir):
         assert len(batches) == 2 and all(b["image"].shape == (4, 8, 8, 1) for b in batches)
         seen += [batch_ids(b)[b["mask"]] for b in batches]
     assert sorted(np.concatenate(seen)) == list(range(64, 74))
+
+
+def test_an_eval_split_smaller_than_the_process_count_leaves_the_last_hosts_only_padding(tiny_dir):
+    """`tfds.even_splits` gives a host an empty share when the split has fewer examples than processes, and reading
+    it failed ("Instruction [] corresponds to no data"): a multi-host run stopped at its first evaluation."""
+    cfg = tiny_cfg(tiny_dir)
+    cfg.test_split = "test[:3]"
+    (one_host,) = data.eval_iterator(cfg, split="test", batch_size=8)
+    seen = []
+    for index in range(4):
+        batches = list(data.eval_iterator(cfg, split="test", batch_size=8, process_index=index, process_count=4))
+        assert len(batches) == 1 and batches[0]["image"].shape == (2, 8, 8, 1)
+        seen.append(batch_ids(batches[0])[batches[0]["mask"]])
+    assert [len(ids) for ids in seen] == [1, 1, 1, 0]
+    np.testing.assert_array_equal(np.concatenate(seen), batch_ids(one_host)[one_host["mask"]])  # the split's order

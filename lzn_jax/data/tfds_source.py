@@ -79,7 +79,10 @@ class TfdsSource(Source):
         return ds.take(steps * local_batch).skip(first_step * local_batch)
 
     def eval_records(self, split, *, process_index, process_count):
-        return self._encoded(tfds.even_splits(self._splits[split], n=process_count)[process_index], shuffle_seed=None)
+        shares = tfds.even_splits(self._splits[split], n=process_count)
+        if process_index >= self._sizes[split]:  # fewer examples than hosts: TFDS refuses this host's empty share
+            return self._encoded(shares[0], shuffle_seed=None).take(0)  # the eval pass pads it (pipeline.eval_batches)
+        return self._encoded(shares[process_index], shuffle_seed=None)
 
     def decode(self, record):
         image = tf.io.decode_image(record["image"], channels=self._channels, expand_animations=False)
