@@ -4,7 +4,8 @@ One `TrainState` holds everything a run needs to continue bit-identically: step,
 params and their update counts, the RNG key and the skipped-step counters. `make_train_step` builds one
 `jax.jit` with explicit shardings: the task's loss runs under `jax.shard_map` over the `data` axis (each device
 its rows, the zoning kernel gathering anchors across devices; under FSDP each device gathers the params there
-too, so their gradients are reduce-scattered), the update runs on the state's own shardings.
+too, so their gradients are reduce-scattered); under FSDP the update runs in a second `shard_map`, each device on
+its own shards (`_sharded_update`), and on replicated params as is.
 """
 
 from __future__ import annotations
