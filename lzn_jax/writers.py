@@ -72,7 +72,8 @@ def drop_records_after(workdir: str, step: int) -> int:
 
     A run killed between two checkpoints had logged steps that the resumed run trains and logs again: the file
     held those steps twice, and a plot of it (the demo notebook's) drew them twice. The resumed run resumes the
-    file at its checkpoint too. (TensorBoard's event files keep both; TensorBoard shows the later.)
+    file at its checkpoint too. (TensorBoard's event files keep both; TensorBoard's default loader shows the
+    later, `--load_fast=false` both: experiments/tensorboard_resume.py.)
     """
     path = os.path.join(workdir, "metrics.jsonl")
     if jax.process_index() != 0 or not gfile().exists(path):

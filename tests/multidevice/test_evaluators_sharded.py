@@ -4,8 +4,12 @@ from test_samplers import noise, test_rk45_runs_inside_the_evaluators_shard_map 
 
 
 def test_evaluator_functions_take_fsdp_sharded_params():
-    """The bug: with `mesh.fsdp=True` the params arrive sharded over `data`, and every evaluator's per-device
-    function refused them (`in_specs ... P(None,) does not match ... P('data',)`) at the run's first evaluation."""
+    """The bugs: with `mesh.fsdp=True` the params arrive sharded over `data`, and every evaluator's per-device
+    function refused them (`in_specs ... P(None,) does not match ... P('data',)`) at the run's first evaluation;
+    and shards gathered along the wrong axis or in the wrong device order would hand the network permuted
+    weights (a sum over them, as this test once took, cannot see that; gathering every split axis along axis 0
+    fails this test). Every device returns every parameter value in order: both layouts, and host arrays, give
+    exactly the host's values."""
     import jax
     import numpy as np
 
@@ -13,14 +17,27 @@ def test_evaluator_functions_take_fsdp_sharded_params():
     from lzn_jax.evaluators import common
 
     mesh = parallel.make_mesh()
-    params = {"scale": np.arange(16, dtype=np.float32)}
-    fsdp = jax.device_put(params, parallel.param_shardings(params, mesh, fsdp=True))
-    assert fsdp["scale"].sharding.spec == jax.sharding.PartitionSpec(parallel.DATA)
-    rows = jax.device_put(np.ones((8, 3), np.float32), parallel.batch_sharding(mesh))
-    fn = common.sharded_fn(lambda p, x, *, axis_name: x * p["scale"].sum(), mesh, num_row_args=1)
-    with jax.set_mesh(mesh):
-        out = fn(fsdp, rows)
-    np.testing.assert_array_equal(np.asarray(out), np.full((8, 3), 120.0))
+    params = {"w": np.arange(16 * 3, dtype=np.float32).reshape(16, 3), "b": -np.arange(3 * 8, dtype=np.float32).reshape(3, 8),
+              "s": np.float32(7.0)}  # fmt: skip
+    expected = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+    rows = jax.device_put(np.ones((8, 1), np.float32), parallel.batch_sharding(mesh))
+
+    def every_value(p, x, *, axis_name):
+        flat = jax.numpy.concatenate([jax.numpy.ravel(v) for v in jax.tree.leaves(p)])
+        return x * flat  # [rows, all values]
+
+    fn = common.sharded_fn(every_value, mesh, num_row_args=1)
+    for fsdp in (False, True):
+        placed = jax.device_put(params, parallel.param_shardings(params, mesh, fsdp=fsdp))
+        if fsdp:  # split along axis 0 of "w", axis 1 of "b"
+            specs = {k: v.sharding.spec for k, v in placed.items()}
+            assert specs == {"w": jax.sharding.PartitionSpec(parallel.DATA, None), "b": jax.sharding.PartitionSpec(None, parallel.DATA),
+                             "s": jax.sharding.PartitionSpec()}, specs  # fmt: skip
+        with jax.set_mesh(mesh):
+            out = fn(placed, rows)
+        np.testing.assert_array_equal(np.asarray(out), np.broadcast_to(expected, (8, expected.size)))
+    host = fn(params, rows)  # host arrays: placed whole on every device
+    np.testing.assert_array_equal(np.asarray(host), np.broadcast_to(expected, (8, expected.size)))
 
 
 def test_inception_features_split_over_8_devices_equal_one_device():
