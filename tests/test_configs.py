@@ -60,6 +60,16 @@ def test_paper_configs_keep_the_official_hyperparameters():
     assert (afhq.batch_size, afhq.optim.lr.encoder, afhq.optim.lr.decoder, afhq.num_train_steps) == (256, 2e-6, 2e-4, 60_000)
 
 
+def test_only_the_256px_configs_store_their_state_with_fsdp():
+    """The 256 px step needs 39.16 GiB per device replicated on the paper's 32 devices by the CPU compiler's
+    estimate (an A100-40GB holds 40), 35.93 GiB with FSDP (docs/scaling.md, "Rehearsal"): a 256 px config that lost
+    the default could run out of memory on the paper's GPUs. The others fit replicated, as the official trainer runs."""
+    for name in ("gen_afhq_cat", "gen_celebahq", "gen_lsun_bedroom"):
+        assert load(name).mesh.fsdp is True, name
+    for name in ("gen_cifar10", "joint_cifar10", "repr_imagenet"):
+        assert load(name).mesh.fsdp is False, name
+
+
 @pytest.mark.parametrize("name", ["digits_gen", "gen_cifar10", "digits_joint"])
 def test_the_plain_rectified_flow_baseline_command_of_the_config_docstring_passes_the_checks(name, monkeypatch):
     """The overrides a config's docstring gives for the RF baseline, parsed as `main` parses them. The bug: they
