@@ -58,6 +58,11 @@ def test_paper_configs_keep_the_official_hyperparameters():
     assert (repr_.loss.prob, repr_.loss.cross_entropy) == (0.0, 1.0)
     afhq = load("gen_afhq_cat")
     assert (afhq.batch_size, afhq.optim.lr.encoder, afhq.optim.lr.decoder, afhq.num_train_steps) == (256, 2e-6, 2e-4, 60_000)
+    for name, encoder_lr, ema in (("gen_afhq_cat", 2e-6, 0.999999), ("gen_celebahq", 4e-6, 0.9999),
+                                  ("gen_lsun_bedroom", 2e-6, 0.99999)):  # fmt: skip
+        config = load(name)  # test_paper_configs runs the last two with gen_afhq_cat's values: checked here
+        assert (config.optim.lr.encoder, config.optim.lr.decoder, config.ema.encoder, config.ema.decoder) == (
+            encoder_lr, 2e-4, ema, ema), name
 
 
 def test_only_the_256px_configs_store_their_state_with_fsdp():
