@@ -7,8 +7,8 @@ def test_evaluator_functions_take_fsdp_sharded_params():
     """The bugs: with `mesh.fsdp=True` the params arrive sharded over `data`, and every evaluator's per-device
     function refused them (`in_specs ... P(None,) does not match ... P('data',)`) at the run's first evaluation;
     and shards gathered along the wrong axis or in the wrong device order would hand the network permuted
-    weights (a sum over them, as this test once took, cannot see that; gathering every split axis along axis 0
-    fails this test). Every device returns every parameter value in order: both layouts, and host arrays, give
+    weights (a sum over them, as this test once took, cannot see that; a gather inside the shard_map that took
+    every split axis as axis 0, tried in stop 39, fails this test). Every device returns every parameter value in order: both layouts, and host arrays, give
     exactly the host's values."""
     import jax
     import numpy as np
@@ -17,8 +17,8 @@ def test_evaluator_functions_take_fsdp_sharded_params():
     from lzn_jax.evaluators import common
 
     mesh = parallel.make_mesh()
-    params = {"w": np.arange(16 * 3, dtype=np.float32).reshape(16, 3), "b": -np.arange(3 * 8, dtype=np.float32).reshape(3, 8),
-              "s": np.float32(7.0)}  # fmt: skip
+    params = {"w": np.arange(16 * 3, dtype=np.float32).reshape(16, 3),
+              "b": -np.arange(3 * 8, dtype=np.float32).reshape(3, 8), "s": np.float32(7.0)}  # fmt: skip
     expected = np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
     rows = jax.device_put(np.ones((8, 1), np.float32), parallel.batch_sharding(mesh))
 
@@ -31,8 +31,8 @@ def test_evaluator_functions_take_fsdp_sharded_params():
         placed = jax.device_put(params, parallel.param_shardings(params, mesh, fsdp=fsdp))
         if fsdp:  # split along axis 0 of "w", axis 1 of "b"
             specs = {k: v.sharding.spec for k, v in placed.items()}
-            assert specs == {"w": jax.sharding.PartitionSpec(parallel.DATA, None), "b": jax.sharding.PartitionSpec(None, parallel.DATA),
-                             "s": jax.sharding.PartitionSpec()}, specs  # fmt: skip
+            P = jax.sharding.PartitionSpec
+            assert specs == {"w": P(parallel.DATA, None), "b": P(None, parallel.DATA), "s": P()}, specs
         with jax.set_mesh(mesh):
             out = fn(placed, rows)
         np.testing.assert_array_equal(np.asarray(out), np.broadcast_to(expected, (8, expected.size)))
